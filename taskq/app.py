@@ -1,0 +1,229 @@
+"""The App (settings, task registry, clients) and the Task a decorated function becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from .broker import AsyncBroker, Broker
+from .config import ConfigError, Settings, check_queue_name
+from .connection import connect, connect_async
+from .job import Job
+from .payload import Payload
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: One push_many item: a tuple of positional arguments, or (args, kwargs).
+ArgsItem = tuple[Any, ...] | tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class Task(Generic[P, R]):
+    """A function registered with an :class:`App`. Call it to run it here and now;
+    :meth:`push` it to have a worker run it."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, Awaitable[R]] | Callable[P, R],
+        name: str,
+        queue: str,
+        timeout: float | None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"a task must be a function, not {type(fn).__name__}")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"task {name!r}: timeout must be positive, not {timeout}")
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = check_queue_name(queue)
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R] | R:
+        return self.fn(*args, **kwargs)
+
+    def payload(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Payload, bytes]:
+        """Check the arguments against the function and encode the job."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
+        payload = Payload(self.name, list(args), dict(kwargs))
+        return payload, payload.encode()
+
+    def _many(self, items: Iterable[ArgsItem]) -> list[tuple[Payload, bytes]]:
+        out = []
+        for item in items:
+            if not isinstance(item, tuple):
+                raise TypeError(
+                    f"push_many takes tuples of arguments, not {type(item).__name__}: "
+                    "write [(1,), (2,)] for one argument each"
+                )
+            if len(item) == 2 and isinstance(item[0], tuple) and isinstance(item[1], dict):
+                out.append(self.payload(item[0], item[1]))
+            else:
+                out.append(self.payload(item, {}))
+        return out
+
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Put one job on the task's queue; returns its :class:`Job` at once."""
+        job = self.payload(args, kwargs)
+        self.app.broker.push(self.queue, [job])
+        return Job(self.app, job[0].id)
+
+    def push_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        """Push many jobs in one round trip. Each item is a tuple of positional
+        arguments, or a pair ``(args_tuple, kwargs_dict)``."""
+        jobs = self._many(items)
+        if jobs:
+            self.app.broker.push(self.queue, jobs)
+        return [Job(self.app, p.id) for p, _ in jobs]
+
+    async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """:meth:`push` for asyncio code."""
+        job = self.payload(args, kwargs)
+        await self.app.abroker().push(self.queue, [job])
+        return Job(self.app, job[0].id)
+
+    async def apush_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        jobs = self._many(items)
+        if jobs:
+            await self.app.abroker().push(self.queue, jobs)
+        return [Job(self.app, p.id) for p, _ in jobs]
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+class App:
+    """The registry of tasks and the way to Redis.
+
+    ``App()`` reads ``TASKQ_REDIS_URL`` (default ``redis://localhost:6379/0``);
+    ``App("redis://host:6379/1")`` or ``App(settings=Settings(...))`` set it directly.
+    """
+
+    def __init__(
+        self, redis_url: str | None = None, *, settings: Settings | None = None, **options: Any
+    ) -> None:
+        if settings is not None and (redis_url is not None or options):
+            raise ConfigError("give either settings= or redis_url/options, not both")
+        self.settings = settings or Settings.from_env(redis_url=redis_url, **options)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._abrokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        from .config import mask_url
+
+        return f"<App {mask_url(self.settings.redis_url)} tasks={sorted(self.tasks)}>"
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+    ) -> _Decorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
+
+        ``name`` defaults to the function's name, ``queue`` to the app's first queue;
+        ``timeout`` (seconds) bounds one run of the job.
+        """
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            if not callable(f):
+                raise TypeError(f"@app.task needs a function, not {type(f).__name__}")
+            task_name = name or f.__name__
+            if task_name in self.tasks and self.tasks[task_name].fn is not f:
+                raise ConfigError(
+                    f"two tasks named {task_name!r}: give one a name with @app.task(name=...)"
+                )
+            task: Task[Any, Any] = Task(
+                self, f, task_name, queue or self.settings.queues[0], timeout
+            )
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings (e.g. the CLI's ``--redis-url``) before the app connects."""
+        if self._broker is not None or len(self._abrokers):
+            raise ConfigError("configure() must come before the app first talks to Redis")
+        self.settings = self.settings.replace(**changes)
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle on the job with this id."""
+        return Job(self, job_id)
+
+    @property
+    def broker(self) -> Broker:
+        """The synchronous broker (thread-safe: each command borrows a pooled connection)."""
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = Broker(connect(self.settings.redis_url))
+        return self._broker
+
+    def abroker(self) -> AsyncBroker:
+        """The asyncio broker for the running event loop."""
+        loop = asyncio.get_running_loop()
+        broker = self._abrokers.get(loop)
+        if broker is None:
+            broker = AsyncBroker(
+                connect_async(self.settings.redis_url),
+                result_ttl=self.settings.result_ttl,
+                dead_retention=self.settings.dead_retention,
+            )
+            self._abrokers[loop] = broker
+        return broker
+
+    def close(self) -> None:
+        """Close the synchronous client's connections."""
+        if self._broker is not None:
+            self._broker.client.close()
+            self._broker = None
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client."""
+        broker = self._abrokers.pop(asyncio.get_running_loop(), None)
+        if broker is not None:
+            await broker.client.aclose()

@@ -1,0 +1,401 @@
+"""The ``taskq`` command. Every option also reads a ``TASKQ_*`` environment variable."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from . import demo as demo_tasks
+from .app import App, Task
+from .config import ConfigError, Settings, mask_url
+from .job import Job, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .waiting import as_completed
+from .worker.master import Worker, WorkerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("taskq")
+
+url_option = click.option(
+    "--redis-url",
+    envvar="TASKQ_REDIS_URL",
+    default=None,
+    metavar="URL",
+    help="Redis URL (redis://, rediss://, unix://, memory://); default redis://localhost:6379/0.",
+)
+app_option = click.option(
+    "--app",
+    "app_spec",
+    envvar="TASKQ_APP",
+    default=None,
+    metavar="MODULE[:ATTR]",
+    help="Where your App lives (the current directory is importable). Default: the demo tasks.",
+)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected failures into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, WorkerError, JobNotFound) as exc:
+            raise click.ClickException(str(exc)) from None
+        except redis.RedisError as exc:
+            url = mask_url(
+                kwargs.get("redis_url") or os.environ.get("TASKQ_REDIS_URL") or Settings().redis_url
+            )
+            raise click.ClickException(f"Redis at {url}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_app(spec: str | None, redis_url: str | None) -> App:
+    """The user's App from ``module[:attr]``, or an App serving the demo tasks."""
+    if spec is None:
+        app = App(redis_url)
+        demo_tasks.register(app)
+        return app
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import --app {spec!r}: {exc}") from None
+    if attr:
+        found = getattr(module, attr, None)
+        if not isinstance(found, App):
+            raise ConfigError(f"--app {spec!r}: {module_name}.{attr} is not a taskq.App")
+        app = found
+    else:
+        apps = [v for v in vars(module).values() if isinstance(v, App)]
+        if len(apps) != 1:
+            raise ConfigError(
+                f"--app {spec!r}: found {len(apps)} taskq.App objects in "
+                f"{module_name}; name one as {module_name}:ATTR"
+            )
+        app = apps[0]
+    if redis_url:
+        app.configure(redis_url=redis_url)
+    return app
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(message)s"
+    )
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TASKQ"}
+)
+@click.version_option(package_name="taskq")
+def main() -> None:
+    """taskq: run Python functions as background jobs through Redis."""
+
+
+# -- worker ----------------------------------------------------------------------------
+@main.command()
+@app_option
+@url_option
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    envvar="TASKQ_QUEUES",
+    metavar="NAME",
+    help="Queue to serve, highest priority first (repeatable). Default: default.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    envvar="TASKQ_CONCURRENCY",
+    default=None,
+    help="Jobs running at once (default 10).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    envvar="TASKQ_GRACE",
+    default=None,
+    help="Seconds running jobs get to finish on shutdown (default 20).",
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    envvar="TASKQ_BURST",
+    help="Stop once the queues are empty and nothing runs.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="TASKQ_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@friendly_errors
+def worker(
+    app_spec: str | None,
+    redis_url: str | None,
+    queues: tuple[str, ...],
+    concurrency: int | None,
+    grace: float | None,
+    burst: bool,
+    log_level: str,
+) -> None:
+    """Run a worker: take jobs off Redis and run them until Ctrl+C or SIGTERM."""
+    setup_logging(log_level)
+    app = load_app(app_spec, redis_url)
+    queues = tuple(q for item in queues for q in item.split(",") if q) or None  # type: ignore[assignment]
+    Worker(app, queues=queues or None, concurrency=concurrency, grace=grace, burst=burst).run()
+
+
+# -- push ------------------------------------------------------------------------------
+def _parse_json(value: str, what: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not JSON ({exc})", param_hint=what) from None
+
+
+@main.command()
+@click.argument("values", nargs=-1)
+@app_option
+@url_option
+@click.option(
+    "--task",
+    "task_name",
+    default="sleep",
+    show_default=True,
+    help="Task to push; each VALUE (JSON) becomes one job's single argument.",
+)
+@click.option(
+    "--args",
+    "args_json",
+    default=None,
+    metavar="JSON",
+    help="Positional arguments of one job, as a JSON array.",
+)
+@click.option(
+    "--kwargs",
+    "kwargs_json",
+    default=None,
+    metavar="JSON",
+    help="Keyword arguments of one job, as a JSON object.",
+)
+@click.option("--count", type=click.IntRange(min=1), default=1, help="Copies of each job.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the results; fail if any job fails.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --wait: give up after this many seconds.",
+)
+@friendly_errors
+def push(
+    values: tuple[str, ...],
+    app_spec: str | None,
+    redis_url: str | None,
+    task_name: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    count: int,
+    wait_: bool,
+    timeout: float | None,
+) -> None:
+    """Push jobs and print their ids, one per line.
+
+    \b
+    taskq push 3                   the demo job: sleep 3 seconds, return "Done"
+    taskq push 1 2 3 --wait        three demo jobs; wait for all of them
+    taskq push --app tasks --task crawl '"https://example.org"'
+    taskq push --app tasks --task add --args '[1, 2]'
+    """
+    app = load_app(app_spec, redis_url)
+    task = app.tasks.get(task_name)
+    if task is None:
+        names = ", ".join(sorted(app.tasks)) or "none"
+        raise click.UsageError(f"no task named {task_name!r} (registered: {names})")
+    items = _push_items(values, args_json, kwargs_json)
+    try:
+        jobs = task.push_many([item for item in items for _ in range(count)])
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for job in jobs:
+        click.echo(job.id)
+    if wait_:
+        failed = _wait_and_report(jobs, timeout)
+        if failed:
+            sys.exit(1)
+
+
+def _push_items(
+    values: tuple[str, ...], args_json: str | None, kwargs_json: str | None
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    if values and (args_json or kwargs_json):
+        raise click.UsageError("give either VALUES or --args/--kwargs, not both")
+    if not values and not (args_json or kwargs_json):
+        raise click.UsageError("nothing to push: give VALUES (e.g. taskq push 3) or --args")
+    if values:
+        return [((_parse_json(v, "VALUES"),), {}) for v in values]
+    args = _parse_json(args_json, "--args") if args_json else []
+    kwargs = _parse_json(kwargs_json, "--kwargs") if kwargs_json else {}
+    if not isinstance(args, list):
+        raise click.BadParameter("must be a JSON array", param_hint="--args")
+    if not isinstance(kwargs, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    return [(tuple(args), kwargs)]
+
+
+def _wait_and_report(jobs: list[Job[Any]], timeout: float | None) -> int:
+    """Wait for every job (a progress bar on stderr when there are several)."""
+    finished: list[Job[Any]] = []
+    try:
+        if len(jobs) > 1:
+            with click.progressbar(length=len(jobs), label="waiting", file=sys.stderr) as bar:
+                for job in as_completed(jobs, timeout):
+                    finished.append(job)
+                    bar.update(1)
+        else:
+            finished.extend(as_completed(jobs, timeout))
+    except ResultTimeout as exc:
+        click.echo(f"timed out: {exc}", err=True)
+    records = {
+        r.id: r
+        for r in (
+            JobRecord.from_fields(j.id, f)
+            for j, f in zip(jobs, jobs[0].app.broker.records([j.id for j in jobs]), strict=True)
+        )
+    }
+    failed = 0
+    for job in jobs:
+        record = records[job.id]
+        if record.status == "done":
+            click.echo(f"{job.id} done: {json.dumps(record.result)}", err=True)
+        elif record.status == "failed":
+            failed += 1
+            click.echo(f"{job.id} failed: {record.error}", err=True)
+        else:
+            failed += 1
+            click.echo(f"{job.id} not finished: {record.status}", err=True)
+    return failed
+
+
+# -- result / info -------------------------------------------------------------------
+@main.command()
+@click.argument("job_id")
+@url_option
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to finish.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+@friendly_errors
+def result(
+    job_id: str, redis_url: str | None, wait_: bool, timeout: float | None, as_json: bool
+) -> None:
+    """Show a job's result (exit 1 if it failed, 2 if it has not finished)."""
+    job: Job[Any] = App(redis_url).job(job_id)
+    if wait_:
+        try:
+            job.result(timeout)
+        except JobFailed:
+            pass
+        except ResultTimeout as exc:
+            raise click.ClickException(str(exc)) from None
+    record = job.info()
+    if as_json:
+        click.echo(json.dumps(record.as_dict(), indent=2))
+    if record.status == "done":
+        if not as_json:
+            click.echo(json.dumps(record.result))
+    elif record.status == "failed":
+        if not as_json:
+            click.echo(record.traceback or "", err=True, nl=False)
+            click.echo(f"job {job_id} failed: {record.error}", err=True)
+        sys.exit(1)
+    else:
+        if not as_json:
+            click.echo(f"job {job_id} is {record.status}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def info(redis_url: str | None, as_json: bool) -> None:
+    """Queues (queued, in progress, done, failed, dead) and live workers."""
+    app = App(redis_url)
+    broker = app.broker
+    alive_after = time.time() - app.settings.heartbeat_timeout
+    queues = [broker.queue_info(q, alive_after) for q in broker.queue_names()]
+    workers = broker.workers(alive_after)
+    if as_json:
+        click.echo(json.dumps({"queues": queues, "workers": workers}, indent=2))
+        return
+    click.echo(f"redis: {mask_url(app.settings.redis_url)}")
+    header = f"{'queue':<20} {'queued':>8} {'active':>8} {'done':>10} {'failed':>8} {'dead':>6}"
+    click.echo(header)
+    for q in queues:
+        click.echo(
+            f"{q['queue']:<20} {q['queued']:>8} {q['in_progress']:>8} {q['done']:>10} "
+            f"{q['failed']:>8} {q['dead']:>6}"
+        )
+    if not queues:
+        click.echo("(no queues yet)")
+    click.echo(f"workers alive: {len(workers)}")
+    for w in workers:
+        click.echo(
+            f"  {w['id']}  queues={w.get('queues', '')}  pid={w.get('pid', '')}  "
+            f"heartbeat {w['age']:.1f}s ago"
+        )
+
+
+# -- demo ------------------------------------------------------------------------------
+@main.command()
+@click.argument("seconds", nargs=-1, type=click.FloatRange(min=0))
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=10, show_default=True)
+def demo(seconds: tuple[float, ...], concurrency: int) -> None:
+    """Everything in one process with no Redis: push the article's jobs and run them.
+
+    Jobs sleep 1, 2 and 3 seconds (or SECONDS); a worker runs them concurrently, so the
+    whole run takes about as long as the longest job, not the sum.
+    """
+    setup_logging("info")
+    seconds = seconds or (1.0, 2.0, 3.0)
+    app = App("memory://demo")
+    demo_tasks.register(app)
+    sleep: Task[Any, Any] = app.tasks["sleep"]
+    more_work: Task[Any, Any] = app.tasks["more_work"]
+    click.echo(f"taskq demo: in-memory Redis (memory://), concurrency {concurrency}")
+    jobs = sleep.push_many([(s,) for s in seconds])
+    for job, s in zip(jobs, seconds, strict=True):
+        click.echo(f"pushed sleep({s:g}) as job {job.id}  (async def: awaits asyncio.sleep)")
+    blocking = min(seconds)
+    jobs.append(more_work.push(blocking))
+    click.echo(
+        f"pushed more_work({blocking:g}) as job {jobs[-1].id}  (plain def: blocks in "
+        "time.sleep, runs in a thread)"
+    )
+    began = time.monotonic()
+    Worker(app, concurrency=concurrency, burst=True).run()
+    elapsed = time.monotonic() - began
+    results = [job.result(timeout=0) for job in jobs]
+    click.echo(f"results: {results}")
+    click.echo(
+        f"{len(jobs)} jobs finished in {elapsed:.2f}s; one after another they would "
+        f"take {sum(seconds) + blocking:g}s"
+    )
+    app.close()

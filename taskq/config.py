@@ -1,0 +1,117 @@
+"""Settings: one frozen dataclass, built from keyword arguments or the environment.
+
+Every CLI option maps to a field here and to a ``TASKQ_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE = "default"
+
+#: Environment variables read by :meth:`Settings.from_env` and by the CLI.
+ENV_VARS = {
+    "redis_url": "TASKQ_REDIS_URL",
+    "queues": "TASKQ_QUEUES",
+    "concurrency": "TASKQ_CONCURRENCY",
+    "grace": "TASKQ_GRACE",
+    "result_ttl": "TASKQ_RESULT_TTL",
+    "heartbeat_timeout": "TASKQ_HEARTBEAT_TIMEOUT",
+    "dead_retention": "TASKQ_DEAD_RETENTION",
+}
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+class ConfigError(ValueError):
+    """A setting has a value taskq cannot use."""
+
+
+def check_queue_name(name: str) -> str:
+    """Queue names become part of Redis keys (inside a ``{hash tag}``): keep them plain."""
+    if not _QUEUE_NAME.match(name):
+        raise ConfigError(
+            f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How an app connects and how its workers behave."""
+
+    redis_url: str = DEFAULT_URL
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    concurrency: int = 10
+    grace: float = 20.0
+    result_ttl: int = 86_400
+    heartbeat_timeout: float = 15.0
+    dead_retention: int = 7 * 86_400
+    # Seconds between heartbeats; a worker is dead after heartbeat_timeout without one.
+    heartbeat_interval: float = field(default=1.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ConfigError("at least one queue is needed")
+        for q in self.queues:
+            check_queue_name(q)
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.grace < 0:
+            raise ConfigError(f"grace must be zero or more seconds, not {self.grace}")
+        if self.result_ttl < 1:
+            raise ConfigError(f"result_ttl must be at least 1 second, not {self.result_ttl}")
+        if self.dead_retention < 1:
+            raise ConfigError(
+                f"dead_retention must be at least 1 second, not {self.dead_retention}"
+            )
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}s) must be at least twice "
+                f"the heartbeat interval ({self.heartbeat_interval}s)"
+            )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``TASKQ_*`` variables, then ``overrides`` (ignored where None)."""
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(name, var, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse(name: str, var: str, raw: str) -> Any:
+    try:
+        if name == "queues":
+            return tuple(q.strip() for q in raw.split(",") if q.strip())
+        if name in ("concurrency", "result_ttl", "dead_retention"):
+            return int(raw)
+        if name in ("grace", "heartbeat_timeout"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a number") from None
+    return raw
+
+
+_PASSWORD = re.compile(r"^(?P<scheme>[a-z+\-]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: safe for logs and errors."""
+    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)

@@ -1,0 +1,120 @@
+"""The wire format of a job in a queue list, and its validation.
+
+A job is one UTF-8 JSON object, pushed with ``LPUSH`` onto its queue's list::
+
+    {"id": "5f0c...", "task": "sleep", "args": [1], "kwargs": {}, "enqueued_at": 1700000000.0}
+
+Only ``task`` is required: ``id`` defaults to a fresh one given by the worker, ``args``
+to ``[]``, ``kwargs`` to ``{}``, ``enqueued_at`` to the time the worker took it. Other
+fields are ignored, so newer producers can talk to older workers. JSON only, never
+pickle: nothing read from Redis can run code, and only registered tasks run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A payload larger than this is refused at push time and dead-lettered by workers.
+MAX_PAYLOAD_BYTES = 1 << 20
+_ID_MAX = 128
+
+
+class BadPayload(ValueError):
+    """Something in a queue is not a valid job; the message says exactly what is wrong."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dumps(value: Any) -> str:
+    """Compact, strict JSON (no NaN or Infinity: other languages must read it too)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Payload:
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    enqueued_at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        """The bytes pushed to Redis. Raises TypeError/ValueError for non-JSON arguments."""
+        try:
+            data = dumps(
+                {
+                    "id": self.id,
+                    "task": self.task,
+                    "args": self.args,
+                    "kwargs": self.kwargs,
+                    "enqueued_at": self.enqueued_at,
+                }
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"arguments of task {self.task!r} must be JSON-serialisable: {exc}"
+            ) from None
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"job for task {self.task!r} is {len(data)} bytes, "
+                f"over the {MAX_PAYLOAD_BYTES}-byte limit: store large data elsewhere "
+                "and pass a reference"
+            )
+        return data
+
+
+def decode(raw: bytes) -> tuple[Payload, bool]:
+    """Parse and validate a job taken from a queue.
+
+    Returns the payload and whether the raw form lacked an ``id`` (the worker then
+    stores the job again under the id it was given). Raises :class:`BadPayload`.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise BadPayload(f"payload is {len(raw)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadPayload(f"payload is not UTF-8: {exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BadPayload(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadPayload(
+            f"payload must be a JSON object with a 'task' field, not {type(data).__name__}"
+        )
+    task = data.get("task")
+    if not isinstance(task, str) or not task:
+        raise BadPayload("payload has no 'task' field (a non-empty string)")
+    args = data.get("args", [])
+    if not isinstance(args, list):
+        raise BadPayload(f"'args' must be a JSON array, not {type(args).__name__}")
+    kwargs = data.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise BadPayload(f"'kwargs' must be a JSON object, not {type(kwargs).__name__}")
+    job_id = data.get("id")
+    missing_id = job_id is None
+    if missing_id:
+        job_id = new_id()
+    elif not isinstance(job_id, str) or not job_id or len(job_id) > _ID_MAX:
+        raise BadPayload(f"'id' must be a non-empty string of at most {_ID_MAX} characters")
+    enqueued_at = data.get("enqueued_at", time.time())
+    if isinstance(enqueued_at, bool) or not isinstance(enqueued_at, int | float):
+        raise BadPayload("'enqueued_at' must be a number (seconds since the epoch)")
+    return Payload(task, args, kwargs, job_id, float(enqueued_at)), missing_id
+
+
+def peek_id(raw: bytes) -> str | None:
+    """The job id in a raw payload if there is a readable one, else None."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    job_id = data.get("id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None

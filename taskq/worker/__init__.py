@@ -1,0 +1,1 @@
+"""The worker: master thread, event-loop thread, sync-task threads, heartbeat."""

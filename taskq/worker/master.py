@@ -1,0 +1,329 @@
+"""The worker: its main thread is the master that takes jobs off Redis.
+
+Threads and who owns what:
+
+* the master (the thread that calls :meth:`Worker.run`, normally the main thread)
+  takes jobs with its own sync Redis client and hands each to the loop thread with
+  ``run_coroutine_threadsafe``. It never holds more jobs than there are free slots.
+* the loop thread runs the asyncio event loop; jobs run there concurrently, and
+  write their outcomes with the loop's own async client. Done-callbacks of the
+  futures run there too: they only update counters under ``_slots``.
+* plain ``def`` tasks run in :class:`DaemonExecutor` threads, never on the loop.
+* the heartbeat thread keeps the worker's lease alive with its own sync client.
+
+Signal handlers only record the signal; the master reacts (first: drain, second: stop
+at once). Shutdown is ordered: stop fetching, wait up to ``grace`` seconds, cancel
+what is left, stop the loop and join its thread, put unfinished jobs back at the
+front of their queue, close the clients, log one summary line.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import redis
+
+from ..app import App
+from ..broker import AsyncBroker, Broker
+from ..config import mask_url
+from ..connection import connect, connect_async
+from .executor import DaemonExecutor
+from .heartbeat import Heartbeat
+from .loop_thread import LoopThread
+from .runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+#: Longest the master blocks inside Redis waiting for a job, so it notices shutdown.
+BLOCK_SECONDS = 1.0
+#: After the grace period, how long cancelled jobs get to unwind.
+CANCEL_SECONDS = 5.0
+_MAX_BACKOFF = 10.0
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot start (Redis unreachable, bad settings)."""
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    dead: int = 0
+    put_back: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed, {self.dead} dead-lettered, "
+            f"{self.put_back} put back"
+        )
+
+
+def make_worker_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs the jobs of ``app`` from its queues until stopped.
+
+    ``burst=True`` returns once the queues are empty and nothing is running.
+    ``handle_signals`` installs SIGINT/SIGTERM handlers (main thread only).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: tuple[str, ...] | None = None,
+        concurrency: int | None = None,
+        grace: float | None = None,
+        burst: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings.replace(queues=queues, concurrency=concurrency, grace=grace)
+        self.queues = self.settings.queues
+        self.concurrency = self.settings.concurrency
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.id = make_worker_id()
+        self.stats = WorkerStats()
+        self.started = threading.Event()  # set once jobs can be taken (for callers and tests)
+        self._slots = threading.Condition()
+        self._running: dict[concurrent.futures.Future[str], str] = {}
+        self._completions = 0  # jobs finished (any way) so far; guarded by _slots
+        self._signals: list[str] = []
+        self._stop_reason: str | None = None
+        self._broker: Broker | None = None
+        self._loop: LoopThread | None = None
+        self._runner: JobRunner | None = None
+
+    # -- control ---------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the worker to drain and stop; calling it again skips the grace wait.
+
+        Safe from any thread and from signal handlers (it only records the request).
+        """
+        self._signals.append(reason)
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._signals)
+
+    @property
+    def hard_stop(self) -> bool:
+        return len(self._signals) > 1
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.stop(name)
+
+    # -- the master loop -------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        """Take and run jobs until stopped (or, in burst mode, until idle)."""
+        previous = self._install_signals()
+        url = mask_url(self.settings.redis_url)
+        client = connect(self.settings.redis_url, socket_timeout=BLOCK_SECONDS + 10)
+        self._broker = broker = Broker(client)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            self._restore_signals(previous)
+            raise WorkerError(f"cannot reach Redis at {url}: {exc}") from None
+        executor = DaemonExecutor()
+        self._loop = LoopThread()
+        self._loop.start()
+        self._runner = self._loop.call(self._make_runner(executor))
+        heartbeat = Heartbeat(self.settings, self.id, self.queues, self.concurrency)
+        heartbeat.start()
+        log.info(
+            "worker %s started: queues %s, concurrency %d, redis %s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            url,
+        )
+        try:
+            self.started.set()
+            self._fetch_loop(broker)
+        finally:
+            self._shutdown(broker, executor, heartbeat)
+            self._restore_signals(previous)
+        return self.stats
+
+    async def _make_runner(self, executor: DaemonExecutor) -> JobRunner:
+        client = connect_async(self.settings.redis_url)
+        broker = AsyncBroker(
+            client, result_ttl=self.settings.result_ttl, dead_retention=self.settings.dead_retention
+        )
+        return JobRunner(self.app, broker, self.id, executor)
+
+    def _fetch_loop(self, broker: Broker) -> None:
+        backoff = 0.0
+        while not self.stopping:
+            free = self._wait_for_slot()
+            if free == 0:
+                continue
+            seen = self._completions
+            try:
+                got = self._take(broker, free)
+                backoff = 0.0
+            except redis.RedisError as exc:
+                backoff = min(max(backoff * 2, 0.25), _MAX_BACKOFF)
+                log.warning("redis error while taking jobs (%s); retrying in %.2fs", exc, backoff)
+                self._pause(backoff)
+                continue
+            if got == 0 and self.burst:
+                self._burst_wait(seen)
+
+    def _take(self, broker: Broker, free: int) -> int:
+        """Take up to ``free`` jobs; block inside Redis only if every queue is empty."""
+        for queue in self.queues:
+            raws = broker.fetch(queue, self.id, free)
+            for raw in raws:
+                self._dispatch(queue, raw)
+            if raws:
+                return len(raws)
+        if self.burst:
+            return 0
+        # All empty: block on the queues in turn; one queue blocks for the whole second.
+        timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
+        for queue in self.queues:
+            one = broker.fetch_blocking(queue, self.id, timeout)
+            if one is not None:
+                self._dispatch(queue, one)
+                return 1
+            if self.stopping:
+                break
+        return 0
+
+    def _dispatch(self, queue: str, raw: bytes) -> None:
+        assert self._loop is not None
+        assert self._runner is not None
+        with self._slots:
+            future = self._loop.submit(self._runner.run(queue, raw))
+            self._running[future] = queue
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: concurrent.futures.Future[str]) -> None:
+        with self._slots:
+            self._running.pop(future, None)
+            self._completions += 1
+            if not future.cancelled():
+                exc = future.exception()
+                if exc is not None:
+                    # Writing the outcome failed (Redis down?): the job stays in the
+                    # active list and is put back at shutdown or recovered.
+                    log.error("could not record a job's outcome: %r", exc)
+                else:
+                    status = future.result()
+                    if status == "done":
+                        self.stats.done += 1
+                    elif status == "failed":
+                        self.stats.failed += 1
+                    elif status == "dead":
+                        self.stats.dead += 1
+            self._slots.notify_all()
+
+    def _wait_for_slot(self) -> int:
+        """Block until a slot is free (or a stop is requested); return free slots."""
+        with self._slots:
+            while len(self._running) >= self.concurrency and not self.stopping:
+                self._slots.wait(0.25)
+            return 0 if self.stopping else self.concurrency - len(self._running)
+
+    def _burst_wait(self, seen: int) -> None:
+        """Queues are empty: stop if nothing runs, else wait for a job to finish
+        (it may push more jobs)."""
+        with self._slots:
+            if not self._running and self._completions == seen:
+                self.stop("burst: queues empty")
+                return
+            while self._completions == seen and not self.stopping:
+                self._slots.wait(0.25)
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, deadline - time.monotonic()))
+
+    # -- shutdown --------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Let running jobs finish for up to ``grace`` seconds (not after a second signal)."""
+        deadline = time.monotonic() + self.settings.grace
+        with self._slots:
+            while self._running and not self.hard_stop:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._slots.wait(min(left, 0.1))
+
+    def _cancel_running(self) -> None:
+        with self._slots:
+            futures = list(self._running)
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures, timeout=CANCEL_SECONDS)
+
+    def _shutdown(self, broker: Broker, executor: DaemonExecutor, heartbeat: Heartbeat) -> None:
+        reason = self._signals[0] if self._signals else "error"
+        if self._running:
+            log.info(
+                "stopping (%s): waiting up to %.0fs for %d running job(s)",
+                reason,
+                self.settings.grace,
+                len(self._running),
+            )
+        self._drain()
+        self._cancel_running()
+        assert self._loop is not None
+        assert self._runner is not None
+        try:
+            self._loop.call(self._runner.broker.client.aclose(), timeout=5)
+        except Exception as exc:
+            log.debug("closing the loop's redis client: %r", exc)
+        self._loop.stop()
+        executor.shutdown(wait=False)
+        for queue in self.queues:
+            try:
+                self.stats.put_back += len(broker.put_back(queue, self.id))
+            except redis.RedisError as exc:
+                log.error(
+                    "could not put back the unfinished jobs of queue %r (%s): they stay "
+                    "in %s and are recovered once this worker's heartbeat expires",
+                    queue,
+                    exc,
+                    broker.keys.active(queue, self.id),
+                )
+        heartbeat.stop()
+        with contextlib.suppress(redis.RedisError):
+            broker.unregister(self.id, self.queues)
+        broker.client.close()
+        log.info("worker %s stopped (%s): %s", self.id, reason, self.stats.summary())
+
+    # -- signals ---------------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
