@@ -186,9 +186,10 @@ class App:
 
     def configure(self, **changes: Any) -> None:
         """Change settings (e.g. the CLI's ``--redis-url``) before the app connects."""
-        if self._broker is not None or len(self._abrokers):
-            raise ConfigError("configure() must come before the app first talks to Redis")
+        if self._broker is not None:
+            raise ConfigError("configure() must come before the app talks to Redis (or close())")
         self.settings = self.settings.replace(**changes)
+        self._abrokers.clear()
 
     def job(self, job_id: str) -> Job[Any]:
         """A handle on the job with this id."""

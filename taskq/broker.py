@@ -229,7 +229,9 @@ class Broker:
     def fetch(self, queue: str, worker: str, n: int) -> list[bytes]:
         """Move up to ``n`` jobs into the worker's active list at once, without waiting."""
         if n == 1:
-            one = self.client.lmove(self.keys.queue(queue), self.keys.active(queue, worker))
+            one = self.client.lmove(
+                self.keys.queue(queue), self.keys.active(queue, worker), "RIGHT", "LEFT"
+            )
             return [one] if one is not None else []
         got = self._fetch_many(
             keys=[self.keys.queue(queue), self.keys.active(queue, worker)], args=[n]

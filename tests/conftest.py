@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from taskq import App
+
+from .redis_server import INSTALL_HINT, RedisServer
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.exit(INSTALL_HINT, returncode=4)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A clean database on the session's private server."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    """The test tasks' App, pointed at the clean database."""
+    from . import tasks
+
+    tasks.app.close()
+    tasks.app.configure(redis_url=redis_url)
+    yield tasks.app
+    tasks.app.close()
+
+
+@pytest.fixture
+def worker_env(redis_url: str) -> dict[str, str]:
+    """Environment for a `taskq` subprocess using the test database."""
+    env = dict(os.environ)
+    env["TASKQ_REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

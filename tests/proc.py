@@ -1,0 +1,80 @@
+"""Run `taskq` as a real subprocess and follow its log."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKQ = [sys.executable, "-m", "taskq"]
+
+
+class TaskqProcess:
+    """A `taskq ...` subprocess whose stderr lines are collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [*TASKQ, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self._new: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            self._new.put(line)
+        self._new.put(None)
+
+    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> str:
+        """Block until a stderr line matches ``pattern``; fail with the log so far."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if regex.search(line):
+                return line
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._new.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in:\n{self.log}") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}:\n{self.log}")
+            if regex.search(line):
+                return line
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> TaskqProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

@@ -1,0 +1,89 @@
+"""A private redis-server for the tests: started on a free loopback port, killable."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+INSTALL_HINT = (
+    "redis-server not found: the tests start their own. Install Redis 6.2+ "
+    "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) and rerun."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1:``port``, with its data in ``dir``."""
+
+    def __init__(self, appendonly: bool = False) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError(INSTALL_HINT)
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="taskq-redis-"))
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary or "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    if self.proc is not None and self.proc.poll() is not None:
+                        raise RuntimeError(f"redis-server exited: see {self.dir}/redis.log")
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)  # polling a starting server, not synchronising tests
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (it loses what it did not write to its AOF)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()

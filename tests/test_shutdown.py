@@ -1,0 +1,95 @@
+"""Graceful shutdown of a real worker process: SIGINT, SIGTERM, grace, second signal."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import redis
+
+from taskq import App
+from taskq.broker import Keys
+
+from . import tasks
+from .proc import TaskqProcess
+
+KEYS = Keys()
+
+
+def start_worker(env: dict[str, str], *args: str) -> TaskqProcess:
+    proc = TaskqProcess(["worker", "--app", "tests.tasks", *args], env)
+    proc.wait_for_line(r"worker \S+ started")
+    return proc
+
+
+def wait_event(r: redis.Redis, name: str, timeout: float = 15) -> None:
+    got = r.blpop(["events"], timeout=timeout)
+    assert got is not None, f"no event {name!r} within {timeout}s"
+    assert got[1].decode() == name
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_running_job_finishes_within_grace(
+    app: App, r: redis.Redis, worker_env: dict[str, str], sig: signal.Signals
+) -> None:
+    with start_worker(worker_env, "--grace", "20") as worker:
+        job = tasks.slow.push(0.5, name="a")
+        wait_event(r, "start:a")
+        worker.signal(sig)
+        assert worker.wait() == 0, worker.log
+    assert job.result(timeout=1) == "a"
+    assert f"stopped ({sig.name}): 1 done, 0 failed, 0 dead-lettered, 0 put back" in worker.log
+    assert "Traceback" not in worker.log
+
+
+@pytest.mark.parametrize("task", ["slow", "slow_sync"])
+def test_job_outliving_grace_is_put_back_at_the_front(
+    app: App, r: redis.Redis, worker_env: dict[str, str], task: str
+) -> None:
+    with start_worker(worker_env, "--grace", "0.3", "--concurrency", "1") as worker:
+        long = tasks.app.tasks[task].push(60, name="long")
+        wait_event(r, "start:long")
+        later = tasks.add.push(1, 2)  # queued behind the running job
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.log
+    assert "0 done, 0 failed, 0 dead-lettered, 1 put back" in worker.log
+    # The put-back job is at the end workers take from: it runs first, before `later`.
+    front, behind = (json.loads(x)["id"] for x in r.lrange(KEYS.queue("default"), -2, -1)[::-1])
+    assert (front, behind) == (long.id, later.id)
+    assert long.status() == "queued"
+    assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_second_signal_skips_the_grace_period(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env, "--grace", "600") as worker:
+        job = tasks.slow.push(600, name="forever")
+        wait_event(r, "start:forever")
+        worker.signal(signal.SIGINT)
+        worker.wait_for_line(r"stopping \(SIGINT\): waiting up to 600s for 1 running job")
+        worker.signal(signal.SIGINT)
+        assert worker.wait(timeout=20) == 0, worker.log
+    assert "1 put back" in worker.log
+    assert job.status() == "queued"
+    assert r.llen(KEYS.queue("default")) == 1
+
+
+def test_idle_worker_blocks_inside_redis_and_starts_a_pushed_job(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env) as worker:
+        # The master waits in a blocking move, not in a sleep loop.
+        def blocked() -> list[dict[str, str]]:
+            return [c for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"]]
+
+        for _ in range(200):
+            if blocked():
+                break
+            r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
+        assert blocked(), r.client_list()
+        tasks.slow.push(0, name="prompt")
+        wait_event(r, "start:prompt", timeout=5)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0

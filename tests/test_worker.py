@@ -1,0 +1,174 @@
+"""The worker in-process: the master thread, the loop thread, results, failures, order."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+
+import taskq
+from taskq import App, JobFailed, Worker
+from taskq.broker import Keys
+
+from . import tasks
+
+KEYS = Keys()
+
+
+def burst(app: App, **options: object) -> taskq.worker.master.WorkerStats:
+    return Worker(app, burst=True, handle_signals=False, **options).run()  # type: ignore[arg-type]
+
+
+def test_async_and_sync_results_are_recorded(app: App, r: redis.Redis) -> None:
+    job = tasks.add.push(2, 3)
+    sync_job = tasks.add_sync.push(4, 5)
+    assert job.status() == "queued"
+    stats = burst(app)
+    assert (stats.done, stats.failed) == (2, 0)
+    assert job.result(timeout=5) == 5
+    assert sync_job.result(timeout=5) == 9
+    info = job.info()
+    assert info.status == "done"
+    assert (info.task, info.queue, info.args, info.attempts) == ("add", "default", [2, 3], 1)
+    assert info.enqueued_at is not None and info.started_at is not None
+    assert info.finished_at is not None
+    assert info.enqueued_at <= info.started_at <= info.finished_at
+    assert info.worker
+    ttl = r.ttl(KEYS.job(job.id))
+    assert 0 < ttl <= app.settings.result_ttl
+    assert r.llen(KEYS.queue("default")) == 0
+    assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_master_hands_jobs_to_the_loop_thread_and_sync_jobs_to_threads(app: App) -> None:
+    a = tasks.where.push()
+    s = tasks.where_sync.push()
+    burst(app)
+    assert a.result(timeout=5)["thread"] == "taskq-loop"
+    assert s.result(timeout=5)["thread"].startswith("taskq-sync")
+    assert threading.current_thread() is threading.main_thread()
+
+
+def test_a_blocking_sync_job_does_not_stall_async_jobs(app: App) -> None:
+    tasks.gate.clear()
+    blocked = tasks.blocking_wait_for_gate.push()
+    opener = tasks.open_gate.push()
+    burst(app, concurrency=2)
+    # Had the sync job run on the loop, the async job could never open the gate.
+    assert blocked.result(timeout=5) == "released"
+    assert opener.result(timeout=5) == "opened"
+
+
+def test_concurrency_bound_is_respected(app: App) -> None:
+    tasks.max_running = 0
+    jobs = tasks.count_concurrency.push_many([(0.05,)] * 12)
+    burst(app, concurrency=3)
+    assert tasks.max_running == 3
+    assert all(isinstance(v, int) and v <= 3 for v in taskq.gather(*jobs, timeout=5))
+
+
+def test_fifo_first_pushed_first_run(app: App) -> None:
+    tasks.seen.clear()
+    for i in range(20):
+        tasks.record.push(i)
+    burst(app, concurrency=1)
+    assert tasks.seen == list(range(20))
+
+
+def test_failure_stores_error_and_traceback_and_worker_carries_on(app: App, r: redis.Redis) -> None:
+    bad = tasks.boom.push("kaput")
+    good = tasks.add.push(1, 1)
+    stats = burst(app)
+    assert (stats.done, stats.failed) == (1, 1)
+    with pytest.raises(JobFailed, match="ValueError: kaput") as caught:
+        bad.result(timeout=5)
+    assert "raise ValueError(message)" in caught.value.remote_traceback
+    assert any("Remote traceback" in note for note in caught.value.__notes__)
+    assert good.result(timeout=5) == 2
+    entry = json.loads(r.hget(KEYS.dead_data("default"), bad.id) or b"{}")
+    assert entry["reason"] == "failed" and entry["error"] == "ValueError: kaput"
+    assert json.loads(entry["payload"])["id"] == bad.id
+
+
+def test_unknown_task_fails_naming_it_and_listing_registered_tasks(app: App, r: redis.Redis) -> None:
+    r.lpush(KEYS.queue("default"), json.dumps({"id": "job-unknown", "task": "nope", "args": [1]}))
+    stats = burst(app)
+    assert stats.failed == 1
+    record = app.job("job-unknown").info()
+    assert record.status == "failed"
+    assert record.error is not None
+    assert "'nope'" in record.error and "add" in record.error and "boom" in record.error
+
+
+def test_non_serialisable_return_fails_the_job_only(app: App) -> None:
+    bad = tasks.unserialisable.push()
+    good = tasks.add.push(2, 2)
+    burst(app)
+    with pytest.raises(JobFailed, match="not JSON-serialisable"):
+        bad.result(timeout=5)
+    assert good.result(timeout=5) == 4
+
+
+def test_wrong_arguments_in_queue_fail_the_job(app: App, r: redis.Redis) -> None:
+    r.lpush(KEYS.queue("default"), json.dumps({"id": "j1", "task": "add", "args": [1]}))
+    burst(app)
+    with pytest.raises(JobFailed, match="bad arguments for task 'add'"):
+        app.job("j1").result(timeout=5)
+
+
+def test_raw_lpush_without_id_runs_and_gets_an_id(app: App, r: redis.Redis) -> None:
+    r.lpush(KEYS.queue("default"), json.dumps({"task": "add", "args": [20, 22]}))
+    stats = burst(app)
+    assert stats.done == 1
+    ids = [k.decode().rsplit(":", 1)[1] for k in r.keys("taskq:job:*")]
+    assert len(ids) == 1
+    assert app.job(ids[0]).result(timeout=1) == 42
+
+
+def test_garbage_in_the_queue_is_dead_lettered_and_nothing_else_is_lost(
+    app: App, r: redis.Redis
+) -> None:
+    garbage = [b"\xff\xfe not utf-8", b"not json", b"[1,2]", b'{"args": []}', b"3"]
+    r.lpush(KEYS.queue("default"), *garbage)
+    good = tasks.add.push(1, 2)
+    stats = burst(app)
+    assert (stats.dead, stats.done) == (len(garbage), 1)
+    assert good.result(timeout=5) == 3
+    entries = [json.loads(v) for v in r.hvals(KEYS.dead_data("default"))]
+    reasons = sorted(e["reason"] for e in entries)
+    assert any("not UTF-8" in x for x in reasons)
+    assert any("not JSON" in x for x in reasons)
+    assert any("JSON object" in x for x in reasons)
+    assert any("'task'" in x for x in reasons)
+    assert any(e.get("payload_base64") for e in entries)
+    assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_timeout_fails_an_async_job(app: App) -> None:
+    job = tasks.too_slow.push()
+    burst(app)
+    with pytest.raises(JobFailed, match="timeout of 0.2s"):
+        job.result(timeout=5)
+
+
+def test_push_refuses_bad_values_before_anything_reaches_redis(app: App, r: redis.Redis) -> None:
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        tasks.record.push(object())
+    with pytest.raises(TypeError, match="bad arguments for task 'add'"):
+        tasks.add.push(1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="limit"):
+        tasks.record.push("x" * (2 << 20))
+    assert r.dbsize() == 0
+
+
+def test_burst_worker_returns_when_queue_is_empty(app: App) -> None:
+    stats = burst(app)
+    assert (stats.done, stats.failed, stats.put_back) == (0, 0, 0)
+
+
+def test_jobs_pushed_by_running_jobs_are_run_in_the_same_burst(app: App) -> None:
+    first = tasks.add.push(1, 1)
+    burst(app)
+    assert first.result(timeout=1) == 2
