@@ -5,21 +5,48 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .broker import AsyncBroker, Broker
+from .abroker import AsyncBroker
+from .broker import Broker
 from .config import ConfigError, Settings, check_queue_name
 from .connection import connect, connect_async
 from .job import Job
 from .payload import Payload
+from .retry import RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: One push_many item: a tuple of positional arguments, or (args, kwargs).
 ArgsItem = tuple[Any, ...] | tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def due_time(delay: float | None, at: datetime | float | None) -> float | None:
+    """Epoch seconds a delayed job is due, or None to queue it now."""
+    if delay is not None and at is not None:
+        raise TypeError("give delay= or at=, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise ValueError(f"delay must be zero or more seconds, not {delay!r}")
+        due = time.time() + delay
+    elif at is not None:
+        if isinstance(at, datetime):
+            due = at.timestamp()
+        elif isinstance(at, int | float) and not isinstance(at, bool):
+            due = float(at)
+        else:
+            raise TypeError(f"at must be a datetime or epoch seconds, not {type(at).__name__}")
+    else:
+        return None
+    return due if due > time.time() else None
+
+
+_PUSH_OPTIONS = ("delay", "at")
 
 
 class Task(Generic[P, R]):
@@ -32,19 +59,27 @@ class Task(Generic[P, R]):
         fn: Callable[P, Awaitable[R]] | Callable[P, R],
         name: str,
         queue: str,
-        timeout: float | None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        max_stalls: int = 1,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a task must be a function, not {type(fn).__name__}")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"task {name!r}: timeout must be positive, not {timeout}")
+        if max_stalls < 0:
+            raise ConfigError(f"task {name!r}: max_stalls must be zero or more")
         self.app = app
         self.fn = fn
         self.name = name
         self.queue = check_queue_name(queue)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.max_stalls = max_stalls
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        # push(delay=..., at=...) are push options unless the function has such a parameter.
+        self._option_names = set(_PUSH_OPTIONS) - set(self.signature.parameters)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -63,6 +98,47 @@ class Task(Generic[P, R]):
         payload = Payload(self.name, list(args), dict(kwargs))
         return payload, payload.encode()
 
+    def options(
+        self, *, delay: float | None = None, at: datetime | float | None = None
+    ) -> TaskCall[P, R]:
+        """Push with options, typed: ``task.options(delay=10).push(...)``.
+
+        ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) holds the job back
+        until then.
+        """
+        return TaskCall(self, due_time(delay, at))
+
+    def _split(self, kwargs: dict[str, Any]) -> TaskCall[P, R]:
+        opts = {name: kwargs.pop(name) for name in self._option_names if name in kwargs}
+        return self.options(**opts)
+
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Put one job on the task's queue; returns its :class:`Job` at once.
+
+        ``delay=`` / ``at=`` keyword arguments delay it (see :meth:`options`).
+        """
+        return self._split(kwargs).push(*args, **kwargs)
+
+    def push_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        """Push many jobs in one round trip. Each item is a tuple of positional
+        arguments, or a pair ``(args_tuple, kwargs_dict)``."""
+        return TaskCall(self, None).push_many(items)
+
+    async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """:meth:`push` for asyncio code."""
+        return await self._split(kwargs).apush(*args, **kwargs)
+
+    async def apush_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        return await TaskCall(self, None).apush_many(items)
+
+
+class TaskCall(Generic[P, R]):
+    """A task with push options bound; made by :meth:`Task.options`."""
+
+    def __init__(self, task: Task[P, R], due: float | None) -> None:
+        self.task = task
+        self.due = due
+
     def _many(self, items: Iterable[ArgsItem]) -> list[tuple[Payload, bytes]]:
         out = []
         for item in items:
@@ -72,36 +148,32 @@ class Task(Generic[P, R]):
                     "write [(1,), (2,)] for one argument each"
                 )
             if len(item) == 2 and isinstance(item[0], tuple) and isinstance(item[1], dict):
-                out.append(self.payload(item[0], item[1]))
+                out.append(self.task.payload(item[0], item[1]))
             else:
-                out.append(self.payload(item, {}))
+                out.append(self.task.payload(item, {}))
         return out
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        """Put one job on the task's queue; returns its :class:`Job` at once."""
-        job = self.payload(args, kwargs)
-        self.app.broker.push(self.queue, [job])
-        return Job(self.app, job[0].id)
+        job = self.task.payload(args, kwargs)
+        self.task.app.broker.push(self.task.queue, [job], self.due)
+        return Job(self.task.app, job[0].id)
 
     def push_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
-        """Push many jobs in one round trip. Each item is a tuple of positional
-        arguments, or a pair ``(args_tuple, kwargs_dict)``."""
         jobs = self._many(items)
         if jobs:
-            self.app.broker.push(self.queue, jobs)
-        return [Job(self.app, p.id) for p, _ in jobs]
+            self.task.app.broker.push(self.task.queue, jobs, self.due)
+        return [Job(self.task.app, p.id) for p, _ in jobs]
 
     async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        """:meth:`push` for asyncio code."""
-        job = self.payload(args, kwargs)
-        await self.app.abroker().push(self.queue, [job])
-        return Job(self.app, job[0].id)
+        job = self.task.payload(args, kwargs)
+        await self.task.app.abroker().push(self.task.queue, [job], self.due)
+        return Job(self.task.app, job[0].id)
 
     async def apush_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
         jobs = self._many(items)
         if jobs:
-            await self.app.abroker().push(self.queue, jobs)
-        return [Job(self.app, p.id) for p, _ in jobs]
+            await self.task.app.abroker().push(self.task.queue, jobs, self.due)
+        return [Job(self.task.app, p.id) for p, _ in jobs]
 
 
 class _Decorator(Protocol):
@@ -149,6 +221,11 @@ class App:
         name: str | None = None,
         queue: str | None = None,
         timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        max_stalls: int = 1,
     ) -> _Decorator: ...
 
     def task(
@@ -159,12 +236,21 @@ class App:
         name: str | None = None,
         queue: str | None = None,
         timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        max_stalls: int = 1,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
-        ``name`` defaults to the function's name, ``queue`` to the app's first queue;
-        ``timeout`` (seconds) bounds one run of the job.
+        ``name`` defaults to the function's name, ``queue`` to the app's first queue.
+        ``timeout`` (seconds) bounds one run. A failure whose exception is one of
+        ``retry_on`` runs again up to ``retries`` times, after ``backoff`` seconds,
+        doubling each time up to ``backoff_max``, with jitter. A job whose worker died
+        under it more than ``max_stalls`` times is dead-lettered, not run again.
         """
+        policy = RetryPolicy(retries, backoff, backoff_max, tuple(retry_on))
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(f):
@@ -175,7 +261,7 @@ class App:
                     f"two tasks named {task_name!r}: give one a name with @app.task(name=...)"
                 )
             task: Task[Any, Any] = Task(
-                self, f, task_name, queue or self.settings.queues[0], timeout
+                self, f, task_name, queue or self.settings.queues[0], timeout, policy, max_stalls
             )
             self.tasks[task_name] = task
             return task
@@ -201,7 +287,10 @@ class App:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = Broker(connect(self.settings.redis_url))
+                    self._broker = Broker(
+                        connect(self.settings.redis_url),
+                        dead_retention=self.settings.dead_retention,
+                    )
         return self._broker
 
     def abroker(self) -> AsyncBroker:

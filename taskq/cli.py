@@ -2,100 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import redis
 
 from . import demo as demo_tasks
 from .app import App, Task
-from .config import ConfigError, Settings, mask_url
-from .job import Job, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .cli_common import app_option, friendly_errors, load_app, setup_logging, url_option
+from .cli_dead import dead, purge, retry
+from .config import mask_url
+from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
-from .worker.master import Worker, WorkerError
+from .worker.master import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("taskq")
-
-url_option = click.option(
-    "--redis-url",
-    envvar="TASKQ_REDIS_URL",
-    default=None,
-    metavar="URL",
-    help="Redis URL (redis://, rediss://, unix://, memory://); default redis://localhost:6379/0.",
-)
-app_option = click.option(
-    "--app",
-    "app_spec",
-    envvar="TASKQ_APP",
-    default=None,
-    metavar="MODULE[:ATTR]",
-    help="Where your App lives (the current directory is importable). Default: the demo tasks.",
-)
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn expected failures into one line on stderr and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, WorkerError, JobNotFound) as exc:
-            raise click.ClickException(str(exc)) from None
-        except redis.RedisError as exc:
-            url = mask_url(
-                kwargs.get("redis_url") or os.environ.get("TASKQ_REDIS_URL") or Settings().redis_url
-            )
-            raise click.ClickException(f"Redis at {url}: {exc}") from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def load_app(spec: str | None, redis_url: str | None) -> App:
-    """The user's App from ``module[:attr]``, or an App serving the demo tasks."""
-    if spec is None:
-        app = App(redis_url)
-        demo_tasks.register(app)
-        return app
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import --app {spec!r}: {exc}") from None
-    if attr:
-        found = getattr(module, attr, None)
-        if not isinstance(found, App):
-            raise ConfigError(f"--app {spec!r}: {module_name}.{attr} is not a taskq.App")
-        app = found
-    else:
-        apps = [v for v in vars(module).values() if isinstance(v, App)]
-        if len(apps) != 1:
-            raise ConfigError(
-                f"--app {spec!r}: found {len(apps)} taskq.App objects in "
-                f"{module_name}; name one as {module_name}:ATTR"
-            )
-        app = apps[0]
-    if redis_url:
-        app.configure(redis_url=redis_url)
-    return app
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(message)s"
-    )
 
 
 @click.group(
@@ -135,6 +62,14 @@ def main() -> None:
     help="Seconds running jobs get to finish on shutdown (default 20).",
 )
 @click.option(
+    "--heartbeat-timeout",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    envvar="TASKQ_HEARTBEAT_TIMEOUT",
+    help="Seconds without a heartbeat before a worker counts as dead and its jobs are "
+    "recovered by the others (default 15).",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="TASKQ_BURST",
@@ -153,6 +88,7 @@ def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
     grace: float | None,
+    heartbeat_timeout: float | None,
     burst: bool,
     log_level: str,
 ) -> None:
@@ -160,7 +96,14 @@ def worker(
     setup_logging(log_level)
     app = load_app(app_spec, redis_url)
     queues = tuple(q for item in queues for q in item.split(",") if q) or None  # type: ignore[assignment]
-    Worker(app, queues=queues or None, concurrency=concurrency, grace=grace, burst=burst).run()
+    Worker(
+        app,
+        queues=queues or None,
+        concurrency=concurrency,
+        grace=grace,
+        heartbeat_timeout=heartbeat_timeout,
+        burst=burst,
+    ).run()
 
 
 # -- push ------------------------------------------------------------------------------
@@ -197,6 +140,12 @@ def _parse_json(value: str, what: str) -> Any:
     help="Keyword arguments of one job, as a JSON object.",
 )
 @click.option("--count", type=click.IntRange(min=1), default=1, help="Copies of each job.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Hold the jobs back this many seconds.",
+)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the results; fail if any job fails.")
 @click.option(
     "--timeout",
@@ -213,6 +162,7 @@ def push(
     args_json: str | None,
     kwargs_json: str | None,
     count: int,
+    delay: float | None,
     wait_: bool,
     timeout: float | None,
 ) -> None:
@@ -231,7 +181,7 @@ def push(
         raise click.UsageError(f"no task named {task_name!r} (registered: {names})")
     items = _push_items(values, args_json, kwargs_json)
     try:
-        jobs = task.push_many([item for item in items for _ in range(count)])
+        jobs = task.options(delay=delay).push_many([item for item in items for _ in range(count)])
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for job in jobs:
@@ -336,7 +286,7 @@ def result(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
 def info(redis_url: str | None, as_json: bool) -> None:
-    """Queues (queued, in progress, done, failed, dead) and live workers."""
+    """Queues (queued, in progress, delayed, done, failed, dead) and live workers."""
     app = App(redis_url)
     broker = app.broker
     alive_after = time.time() - app.settings.heartbeat_timeout
@@ -346,20 +296,17 @@ def info(redis_url: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"queues": queues, "workers": workers}, indent=2))
         return
     click.echo(f"redis: {mask_url(app.settings.redis_url)}")
-    header = f"{'queue':<20} {'queued':>8} {'active':>8} {'done':>10} {'failed':>8} {'dead':>6}"
-    click.echo(header)
+    columns = ("queued", "in_progress", "delayed", "done", "failed", "retried", "dead")
+    click.echo(f"{'queue':<20}" + "".join(f"{c.replace('_', ' '):>12}" for c in columns))
     for q in queues:
-        click.echo(
-            f"{q['queue']:<20} {q['queued']:>8} {q['in_progress']:>8} {q['done']:>10} "
-            f"{q['failed']:>8} {q['dead']:>6}"
-        )
+        click.echo(f"{q['queue']:<20}" + "".join(f"{q[c]:>12}" for c in columns))
     if not queues:
         click.echo("(no queues yet)")
     click.echo(f"workers alive: {len(workers)}")
     for w in workers:
         click.echo(
             f"  {w['id']}  queues={w.get('queues', '')}  pid={w.get('pid', '')}  "
-            f"heartbeat {w['age']:.1f}s ago"
+            f"heartbeat {w['heartbeat_age']:.1f}s ago"
         )
 
 
@@ -399,3 +346,8 @@ def demo(seconds: tuple[float, ...], concurrency: int) -> None:
         f"take {sum(seconds) + blocking:g}s"
     )
     app.close()
+
+
+main.add_command(dead)
+main.add_command(retry)
+main.add_command(purge)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -52,8 +52,6 @@ class Settings:
     result_ttl: int = 86_400
     heartbeat_timeout: float = 15.0
     dead_retention: int = 7 * 86_400
-    # Seconds between heartbeats; a worker is dead after heartbeat_timeout without one.
-    heartbeat_interval: float = field(default=1.0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -70,11 +68,15 @@ class Settings:
             raise ConfigError(
                 f"dead_retention must be at least 1 second, not {self.dead_retention}"
             )
-        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+        if self.heartbeat_timeout < 0.5:
             raise ConfigError(
-                f"heartbeat_timeout ({self.heartbeat_timeout}s) must be at least twice "
-                f"the heartbeat interval ({self.heartbeat_interval}s)"
+                f"heartbeat_timeout must be at least 0.5 seconds, not {self.heartbeat_timeout}"
             )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats: five fit in the timeout, at most two seconds."""
+        return min(2.0, self.heartbeat_timeout / 5)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

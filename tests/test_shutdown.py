@@ -39,7 +39,7 @@ def test_running_job_finishes_within_grace(
         worker.signal(sig)
         assert worker.wait() == 0, worker.log
     assert job.result(timeout=1) == "a"
-    assert f"stopped ({sig.name}): 1 done, 0 failed, 0 dead-lettered, 0 put back" in worker.log
+    assert f"stopped ({sig.name}): 1 done, 0 failed, 0 retried, 0 dead-lettered, 0 put back" in worker.log
     assert "Traceback" not in worker.log
 
 
@@ -53,7 +53,7 @@ def test_job_outliving_grace_is_put_back_at_the_front(
         later = tasks.add.push(1, 2)  # queued behind the running job
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=20) == 0, worker.log
-    assert "0 done, 0 failed, 0 dead-lettered, 1 put back" in worker.log
+    assert "0 done, 0 failed, 0 retried, 0 dead-lettered, 1 put back" in worker.log
     # The put-back job is at the end workers take from: it runs first, before `later`.
     front, behind = (json.loads(x)["id"] for x in r.lrange(KEYS.queue("default"), -2, -1)[::-1])
     assert (front, behind) == (long.id, later.id)

@@ -1,7 +1,8 @@
-"""The worker's lease: a heartbeat refreshed from its own thread.
+"""The worker's lease: a heartbeat refreshed from its own thread, which also
+recovers the jobs of dead workers.
 
 It runs beside the master and the loop, so a long job (even a blocking sync one)
-never lets it lapse while the process lives.
+never lets the lease lapse while the process lives.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ import time
 
 import redis
 
+from ..app import App
 from ..broker import Broker
-from ..config import Settings
 from ..connection import connect
+from .recovery import Recoverer
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(
-        self, settings: Settings, worker_id: str, queues: tuple[str, ...], concurrency: int
-    ) -> None:
-        self.settings = settings
+    def __init__(self, app: App, worker_id: str, queues: tuple[str, ...], concurrency: int) -> None:
+        self.settings = app.settings
         self.worker_id = worker_id
         self.queues = queues
         self.info = {
@@ -36,24 +36,38 @@ class Heartbeat:
             "started_at": repr(time.time()),
         }
         self._stop = threading.Event()
-        self._broker = Broker(connect(settings.redis_url, socket_timeout=5))
+        self._broker = Broker(
+            connect(self.settings.redis_url, socket_timeout=5),
+            dead_retention=self.settings.dead_retention,
+        )
+        self.recoverer = Recoverer(app, self._broker, self.settings.heartbeat_timeout, worker_id)
         self._thread = threading.Thread(target=self._run, name="taskq-heartbeat", daemon=True)
-        self.beats = 0
+        self._failing = False
 
     def start(self) -> None:
+        """Register (so this worker's jobs are never taken for a dead worker's), then
+        recover what dead workers left, then keep beating in the background."""
         self.beat()
         self._thread.start()
 
-    def beat(self) -> bool:
+    def beat(self) -> None:
         try:
             self._broker.heartbeat(
                 self.worker_id, self.queues, self.info, ttl=self.settings.heartbeat_timeout
             )
+            self.recoverer.sweep(self.queues)
         except redis.RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
-            return False
-        self.beats += 1
-        return True
+            if not self._failing:
+                log.warning(
+                    "heartbeat failed, retrying every %.1fs: %s",
+                    self.settings.heartbeat_interval,
+                    exc,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("heartbeat back")
+            self._failing = False
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):

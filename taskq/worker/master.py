@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -35,8 +36,9 @@ from typing import Any
 
 import redis
 
+from ..abroker import AsyncBroker
 from ..app import App
-from ..broker import AsyncBroker, Broker
+from ..broker import Broker
 from ..config import mask_url
 from ..connection import connect, connect_async
 from .executor import DaemonExecutor
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Longest the master blocks inside Redis waiting for a job, so it notices shutdown.
 BLOCK_SECONDS = 1.0
+#: While busy, how often the master looks for due delayed jobs.
+PROMOTE_EVERY = 0.1
 #: After the grace period, how long cancelled jobs get to unwind.
 CANCEL_SECONDS = 5.0
 _MAX_BACKOFF = 10.0
@@ -62,12 +66,13 @@ class WorkerStats:
     done: int = 0
     failed: int = 0
     dead: int = 0
+    retried: int = 0
     put_back: int = 0
 
     def summary(self) -> str:
         return (
-            f"{self.done} done, {self.failed} failed, {self.dead} dead-lettered, "
-            f"{self.put_back} put back"
+            f"{self.done} done, {self.failed} failed, {self.retried} retried, "
+            f"{self.dead} dead-lettered, {self.put_back} put back"
         )
 
 
@@ -90,11 +95,14 @@ class Worker:
         queues: tuple[str, ...] | None = None,
         concurrency: int | None = None,
         grace: float | None = None,
+        heartbeat_timeout: float | None = None,
         burst: bool = False,
         handle_signals: bool = True,
     ) -> None:
         self.app = app
-        self.settings = app.settings.replace(queues=queues, concurrency=concurrency, grace=grace)
+        self.settings = app.settings.replace(
+            queues=queues, concurrency=concurrency, grace=grace, heartbeat_timeout=heartbeat_timeout
+        )
         self.queues = self.settings.queues
         self.concurrency = self.settings.concurrency
         self.burst = burst
@@ -105,6 +113,8 @@ class Worker:
         self._slots = threading.Condition()
         self._running: dict[concurrent.futures.Future[str], str] = {}
         self._completions = 0  # jobs finished (any way) so far; guarded by _slots
+        self._promote_at = 0.0
+        self._next_due: float | None = None
         self._signals: list[str] = []
         self._stop_reason: str | None = None
         self._broker: Broker | None = None
@@ -137,7 +147,7 @@ class Worker:
         previous = self._install_signals()
         url = mask_url(self.settings.redis_url)
         client = connect(self.settings.redis_url, socket_timeout=BLOCK_SECONDS + 10)
-        self._broker = broker = Broker(client)
+        self._broker = broker = Broker(client, dead_retention=self.settings.dead_retention)
         try:
             client.ping()
         except redis.RedisError as exc:
@@ -148,7 +158,7 @@ class Worker:
         self._loop = LoopThread()
         self._loop.start()
         self._runner = self._loop.call(self._make_runner(executor))
-        heartbeat = Heartbeat(self.settings, self.id, self.queues, self.concurrency)
+        heartbeat = Heartbeat(self._app_with_settings(), self.id, self.queues, self.concurrency)
         heartbeat.start()
         log.info(
             "worker %s started: queues %s, concurrency %d, redis %s",
@@ -164,6 +174,14 @@ class Worker:
             self._shutdown(broker, executor, heartbeat)
             self._restore_signals(previous)
         return self.stats
+
+    def _app_with_settings(self) -> App:
+        """The app as this worker sees it (its own queue/heartbeat settings applied)."""
+        if self.app.settings == self.settings:
+            return self.app
+        view = copy.copy(self.app)
+        view.settings = self.settings
+        return view
 
     async def _make_runner(self, executor: DaemonExecutor) -> JobRunner:
         client = connect_async(self.settings.redis_url)
@@ -190,8 +208,34 @@ class Worker:
             if got == 0 and self.burst:
                 self._burst_wait(seen)
 
+    def _promote_due(self, broker: Broker) -> None:
+        """Move due delayed jobs (delayed pushes, retries) onto their queues.
+
+        Looked at every PROMOTE_EVERY seconds while busy, and at each due time.
+        """
+        now = time.time()
+        if now < self._promote_at:
+            return
+        next_due: float | None = None
+        for queue in self.queues:
+            _, due = broker.promote(queue, now)
+            if due is not None:
+                next_due = due if next_due is None else min(next_due, due)
+        self._next_due = next_due
+        self._promote_at = (
+            now + PROMOTE_EVERY if next_due is None else min(next_due, now + PROMOTE_EVERY)
+        )
+
+    def _block_seconds(self) -> float:
+        """How long to block in Redis: about a second, less if a delayed job is due."""
+        timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
+        if self._next_due is not None:
+            timeout = min(timeout, self._next_due - time.time())
+        return max(timeout, 0.01)  # 0 would block forever
+
     def _take(self, broker: Broker, free: int) -> int:
         """Take up to ``free`` jobs; block inside Redis only if every queue is empty."""
+        self._promote_due(broker)
         for queue in self.queues:
             raws = broker.fetch(queue, self.id, free)
             for raw in raws:
@@ -201,9 +245,8 @@ class Worker:
         if self.burst:
             return 0
         # All empty: block on the queues in turn; one queue blocks for the whole second.
-        timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
         for queue in self.queues:
-            one = broker.fetch_blocking(queue, self.id, timeout)
+            one = broker.fetch_blocking(queue, self.id, self._block_seconds())
             if one is not None:
                 self._dispatch(queue, one)
                 return 1
@@ -237,6 +280,8 @@ class Worker:
                         self.stats.failed += 1
                     elif status == "dead":
                         self.stats.dead += 1
+                    elif status == "scheduled":
+                        self.stats.retried += 1
             self._slots.notify_all()
 
     def _wait_for_slot(self) -> int:

@@ -7,14 +7,27 @@ import functools
 import logging
 import time
 import traceback
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import redis
+
+from ..abroker import AsyncBroker, Outcome
 from ..app import App, Task
-from ..broker import AsyncBroker, Outcome, dead_entry
+from ..broker import dead_entry
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
+from ..retry import Retry
 from .executor import DaemonExecutor
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MAX_BACKOFF = 5.0
+
+
+class JobTimeout(TimeoutError):
+    """A job ran past its task's ``timeout``."""
 
 
 class JobRunner:
@@ -27,12 +40,13 @@ class JobRunner:
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
+        self.reconnects = 0
 
     async def run(self, queue: str, raw: bytes) -> str:
-        """Run the job ``raw`` taken from ``queue``; returns its final status.
+        """Run the job ``raw`` taken from ``queue``; returns how it ended.
 
-        If cancelled (shutdown), nothing is written: the job stays in the active list
-        and the master puts it back on the queue.
+        If cancelled (shutdown), nothing more is written: the job stays in the active
+        list and the master puts it back on the queue.
         """
         try:
             payload, missing_id = decode(raw)
@@ -41,25 +55,41 @@ class JobRunner:
             entry = dead_entry(
                 queue, raw, f"bad payload: {exc}", job_id=peek_id(raw), error=f"BadPayload: {exc}"
             )
-            await self.broker.bury(self.worker_id, raw, entry)
+            await self._redis(lambda: self.broker.bury(self.worker_id, raw, entry))
             return "dead"
         if missing_id:
-            raw = await self.broker.give_id(queue, self.worker_id, raw, payload)
-        task = self.app.tasks.get(payload.task)
-        attempts = await self.broker.start(queue, self.worker_id, payload)
-        started = time.monotonic()
-        outcome = await self._outcome(task, payload)
-        await self.broker.finish(queue, self.worker_id, raw, payload, outcome, attempts)
-        elapsed = time.monotonic() - started
-        if outcome.status == "done":
-            log.info("job %s %s done in %.2fs", payload.id, payload.task, elapsed)
-        else:
-            log.warning(
-                "job %s %s failed in %.2fs: %s", payload.id, payload.task, elapsed, outcome.error
+            raw = await self._redis(
+                lambda: self.broker.give_id(queue, self.worker_id, raw, payload)
             )
+        task = self.app.tasks.get(payload.task)
+        attempt = await self._redis(lambda: self.broker.start(queue, self.worker_id, payload))
+        started = time.monotonic()
+        outcome = await self._outcome(task, payload, attempt)
+        await self._redis(
+            lambda: self.broker.finish(queue, self.worker_id, raw, payload, outcome, attempt)
+        )
+        self._log(payload, outcome, time.monotonic() - started, attempt)
         return outcome.status
 
-    async def _outcome(self, task: Task[Any, Any] | None, payload: Payload) -> Outcome:
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation, waiting out an outage with capped backoff.
+
+        A job's outcome is kept until Redis takes it; if the worker is stopped first,
+        the job is still in the active list and runs again elsewhere: never lost.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.reconnects += 1
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _outcome(
+        self, task: Task[Any, Any] | None, payload: Payload, attempt: int
+    ) -> Outcome:
         if task is None:
             names = ", ".join(sorted(self.app.tasks)) or "none"
             return Outcome(
@@ -77,8 +107,8 @@ class JobRunner:
             value = await self._call(task, payload)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            return Outcome("failed", error=_describe(exc), traceback=traceback.format_exc())
+        except BaseException as exc:  # a task's SystemExit must not stop the loop thread
+            return self._failure(task, exc, attempt)
         try:
             return Outcome("done", result=dumps(value))
         except (TypeError, ValueError) as exc:
@@ -88,10 +118,22 @@ class JobRunner:
                 f"is not JSON-serialisable: {exc}",
             )
 
+    def _failure(self, task: Task[Any, Any], exc: BaseException, attempt: int) -> Outcome:
+        error = _describe(exc)
+        tb = traceback.format_exc()
+        if task.retry.should_retry(exc, attempt):
+            due = time.time() + task.retry.delay(attempt, exc)
+            return Outcome("scheduled", error=error, traceback=tb, due=due)
+        if isinstance(exc, Retry):
+            error = f"{error} (no retries left after {attempt} attempts; set retries=)"
+        return Outcome("failed", error=error, traceback=tb)
+
     async def _call(self, task: Task[Any, Any], payload: Payload) -> Any:
         if task.is_async:
             coro = task.fn(*payload.args, **payload.kwargs)
         else:
+            # A sync task cannot be interrupted: on timeout its thread runs on and its
+            # result is discarded; the executor grows a new thread for the next job.
             loop = asyncio.get_running_loop()
             call = functools.partial(task.fn, *payload.args, **payload.kwargs)
             coro = loop.run_in_executor(self.executor, call)
@@ -107,9 +149,23 @@ class JobRunner:
                 ) from None
             raise
 
-
-class JobTimeout(TimeoutError):
-    """A job ran past its task's ``timeout``."""
+    def _log(self, payload: Payload, outcome: Outcome, elapsed: float, attempt: int) -> None:
+        if outcome.status == "done":
+            log.info("job %s %s done in %.2fs", payload.id, payload.task, elapsed)
+        elif outcome.status == "scheduled":
+            assert outcome.due is not None
+            log.warning(
+                "job %s %s attempt %d failed (%s); retrying in %.2fs",
+                payload.id,
+                payload.task,
+                attempt,
+                outcome.error,
+                outcome.due - time.time(),
+            )
+        else:
+            log.warning(
+                "job %s %s failed in %.2fs: %s", payload.id, payload.task, elapsed, outcome.error
+            )
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,77 @@
+"""Every Redis key taskq uses: the one place they are spelled.
+
+Key space (``Q`` is a queue name, ``W`` a worker id, ``ID`` a job id). Keys of one
+queue share the hash tag ``{Q}``, so every script touching them stays in one Redis
+Cluster slot; a job record is written beside them in the same pipeline, never in
+the same script.
+
+=============================  ======  ==================================================
+key                            type    holds / lifetime
+=============================  ======  ==================================================
+``taskq:{Q}:queue``            list    jobs waiting (JSON, see :mod:`taskq.payload`);
+                                       producers LPUSH, workers take from the right
+``taskq:{Q}:active:W``         list    jobs worker W has taken and not yet finished;
+                                       a job leaves only once its outcome is written
+``taskq:{Q}:delayed``          zset    raw job -> time it is due (delayed pushes and
+                                       retries waiting for their backoff)
+``taskq:{Q}:workers``          zset    W -> time of W's last heartbeat; a W older than
+                                       the heartbeat timeout is dead, its jobs recovered
+``taskq:{Q}:stalls``           hash    ID -> times the job's worker died under it;
+                                       removed when the job ends
+``taskq:{Q}:stats``            hash    counters: done, failed, retried, stalled, dead
+``taskq:{Q}:dead``             zset    dead-letter ID -> time it died; entries older than
+                                       ``dead_retention`` are trimmed (and counted)
+``taskq:{Q}:dead:data``        hash    dead-letter ID -> JSON: reason, error, traceback,
+                                       attempts and the job's raw payload
+``taskq:queues``               set     names of queues that ever had a job pushed
+``taskq:job:ID``               hash    the job's record (status, task, args, times,
+                                       worker, result or error); expires ``result_ttl``
+                                       seconds after the job ends
+``taskq:worker:W``             hash    W's host, pid, queues, start time; expires with
+                                       W's heartbeat
+=============================  ======  ==================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "taskq"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = PREFIX
+
+    def queue(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:queue"
+
+    def active(self, q: str, worker: str) -> str:
+        return f"{self.prefix}:{{{q}}}:active:{worker}"
+
+    def delayed(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:delayed"
+
+    def workers(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:workers"
+
+    def stalls(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:stalls"
+
+    def stats(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:stats"
+
+    def dead(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:dead"
+
+    def dead_data(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:dead:data"
+
+    def queues(self) -> str:
+        return f"{self.prefix}:queues"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def worker(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}"

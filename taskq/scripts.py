@@ -1,0 +1,113 @@
+"""The Lua scripts that make multi-key changes atomic.
+
+Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash tag,
+so each script runs in one Redis Cluster slot.
+"""
+
+# KEYS: queue, active. ARGV: how many. Moves up to that many jobs, oldest first.
+FETCH_MANY = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[i] = v
+end
+return out
+"""
+
+# KEYS: active, queue. Puts every job of the active list back at the end of the queue
+# that workers take from, the oldest job frontmost.
+PUT_BACK = """
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+return n
+"""
+
+# KEYS: active. ARGV: raw job, the same job with its id filled in. Swaps them in place.
+REPLACE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: active, dead, dead data, stats, stalls. ARGV: raw job, dead-letter id, entry
+# JSON, now, trim entries that died before this time. Adds the dead letter and takes
+# the job out of the active list in one step; returns how many old entries were trimmed.
+BURY = """
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+for _, id in ipairs(old) do redis.call('HDEL', KEYS[3], id) end
+if #old > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+  redis.call('HINCRBY', KEYS[4], 'dead_trimmed', #old)
+end
+redis.call('HINCRBY', KEYS[4], 'dead', 1)
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return #old
+"""
+
+# KEYS: active, delayed. ARGV: raw job, due time. A retry waits out its backoff.
+RETRY_LATER = """
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return 1
+"""
+
+# KEYS: delayed, queue. ARGV: now, at most this many. Moves due jobs to the queue
+# (each exactly once, however many workers run this) and returns
+# {moved, time the next delayed job is due or false}.
+PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, raw in ipairs(due) do
+  redis.call('ZREM', KEYS[1], raw)
+  redis.call('LPUSH', KEYS[2], raw)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false}
+"""
+
+# KEYS: active of a dead worker W, queue, workers, stalls, dead, dead data, stats.
+# ARGV: raw job, job id, max stalls, W, W is dead if its heartbeat is older than this,
+# dead-letter entry JSON, now. Recovers one job of a dead worker: back to the front
+# of the queue, or to the dead letters once it has stalled more than max stalls.
+# Returns -1 if W came back to life, 0 if another worker recovered the job first,
+# 1 if requeued, 2 if dead-lettered.
+RECOVER_ONE = """
+local beat = redis.call('ZSCORE', KEYS[3], ARGV[4])
+if beat and tonumber(beat) > tonumber(ARGV[5]) then return -1 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[7], 'stalled', 1)
+if n > tonumber(ARGV[3]) then
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  redis.call('HSET', KEYS[6], ARGV[2], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[2])
+  redis.call('HINCRBY', KEYS[7], 'dead', 1)
+  return 2
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: active of W, workers. ARGV: W, dead-before. Forgets a dead worker whose
+# active list is empty.
+FORGET_WORKER = """
+local beat = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if beat and tonumber(beat) > tonumber(ARGV[2]) then return 0 end
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: dead, dead data, queue. ARGV: dead-letter id, raw job. Requeues a dead letter
+# once, however many callers race.
+REVIVE = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+return 1
+"""
