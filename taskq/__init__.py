@@ -3,6 +3,7 @@
 from .app import App, Task
 from .config import ConfigError, Settings
 from .job import Job, JobError, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .retry import Retry
 from .waiting import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -28,6 +29,7 @@ __all__ = [
     "JobNotFound",
     "JobRecord",
     "ResultTimeout",
+    "Retry",
     "Settings",
     "Task",
     "Worker",

@@ -112,10 +112,21 @@ class Task(Generic[P, R]):
         opts = {name: kwargs.pop(name) for name in self._option_names if name in kwargs}
         return self.options(**opts)
 
-    def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+    # With delay=/at=, the arguments cannot be checked against the function's
+    # signature by a type checker (PEP 612 forbids extra keywords beside P.kwargs);
+    # options(...).push(...) keeps them checked. At run time they always are.
+    @overload
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    def push(self, *args: Any, delay: float, **kwargs: Any) -> Job[R]: ...
+    @overload
+    def push(self, *args: Any, at: datetime | float, **kwargs: Any) -> Job[R]: ...
+
+    def push(self, *args: Any, **kwargs: Any) -> Job[R]:
         """Put one job on the task's queue; returns its :class:`Job` at once.
 
-        ``delay=`` / ``at=`` keyword arguments delay it (see :meth:`options`).
+        ``delay=`` (seconds) or ``at=`` (datetime or epoch seconds) hold it back until
+        then, unless the function has a parameter of that name (see :meth:`options`).
         """
         return self._split(kwargs).push(*args, **kwargs)
 
@@ -124,7 +135,14 @@ class Task(Generic[P, R]):
         arguments, or a pair ``(args_tuple, kwargs_dict)``."""
         return TaskCall(self, None).push_many(items)
 
-    async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+    @overload
+    async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def apush(self, *args: Any, delay: float, **kwargs: Any) -> Job[R]: ...
+    @overload
+    async def apush(self, *args: Any, at: datetime | float, **kwargs: Any) -> Job[R]: ...
+
+    async def apush(self, *args: Any, **kwargs: Any) -> Job[R]:
         """:meth:`push` for asyncio code."""
         return await self._split(kwargs).apush(*args, **kwargs)
 

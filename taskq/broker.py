@@ -203,6 +203,7 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             pipe.zadd(self.keys.workers(q), {worker: now})
+        pipe.sadd(self.keys.queues(), *queues)
         pipe.hset(self.keys.worker(worker), mapping=info)
         pipe.pexpire(self.keys.worker(worker), int(ttl * 1000))
         pipe.execute()

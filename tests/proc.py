@@ -20,8 +20,12 @@ class TaskqProcess:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [*TASKQ, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            [*TASKQ, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self._new: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -45,13 +49,13 @@ class TaskqProcess:
         while True:
             left = deadline - time.monotonic()
             try:
-                line = self._new.get(timeout=max(left, 0.001))
+                new = self._new.get(timeout=max(left, 0.001))
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r} in:\n{self.log}") from None
-            if line is None:
+            if new is None:
                 raise AssertionError(f"exited before {pattern!r}:\n{self.log}")
-            if regex.search(line):
-                return line
+            if regex.search(new):
+                return new
 
     @property
     def log(self) -> str:

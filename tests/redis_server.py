@@ -27,35 +27,46 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1:``port``, with its data in ``dir``."""
 
-    def __init__(self, appendonly: bool = False) -> None:
+    def __init__(self, appendonly: bool = False, password: str | None = None) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError(INSTALL_HINT)
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="taskq-redis-"))
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         args = [
             self.binary or "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--logfile", str(self.dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.dir / "redis.log"),
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -64,7 +75,8 @@ class RedisServer:
                         return
                 except redis.RedisError:
                     if self.proc is not None and self.proc.poll() is not None:
-                        raise RuntimeError(f"redis-server exited: see {self.dir}/redis.log")
+                        log = self.dir / "redis.log"
+                        raise RuntimeError(f"redis-server exited: see {log}") from None
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)  # polling a starting server, not synchronising tests

@@ -18,8 +18,7 @@ app = taskq.App()
 seen: list[Any] = []
 gate = threading.Event()
 _lock = threading.Lock()
-_running = 0
-max_running = 0
+concurrency = {"running": 0, "max": 0}
 
 
 def _client() -> redis.Redis:
@@ -82,14 +81,13 @@ async def open_gate() -> str:
 
 @app.task
 async def count_concurrency(hold: float) -> int:
-    global _running, max_running
     with _lock:
-        _running += 1
-        max_running = max(max_running, _running)
+        concurrency["running"] += 1
+        concurrency["max"] = max(concurrency["max"], concurrency["running"])
     await asyncio.sleep(hold)
     with _lock:
-        _running -= 1
-    return max_running
+        concurrency["running"] -= 1
+    return concurrency["max"]
 
 
 @app.task
@@ -124,3 +122,73 @@ async def too_slow() -> str:
 @app.task
 def pid() -> int:
     return os.getpid()
+
+
+@app.task
+async def stuck_first_time(name: str) -> int:
+    """The first run hangs (so its worker can be killed under it); later runs return."""
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+    event(f"start:{name}:{run}")
+    if run == 1:
+        await asyncio.sleep(600)
+    return run
+
+
+@app.task(max_stalls=1)
+def suicide() -> None:
+    """A poison job: kills the worker process running it."""
+    event("start:suicide")
+    os.kill(os.getpid(), 9)
+
+
+@app.task(retries=3, backoff=0.01, backoff_max=0.05)
+async def flaky(name: str, failures: int) -> int:
+    """Fails `failures` times with ConnectionError, then succeeds."""
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+    if run <= failures:
+        raise ConnectionError(f"flaky failure {run}")
+    return run
+
+
+@app.task(retries=5, retry_on=(KeyError,), backoff=0.01)
+async def only_key_errors_retry(exc: str) -> None:
+    raise {"KeyError": KeyError, "ValueError": ValueError}[exc]("nope")
+
+
+@app.task(retries=2)
+async def asks_to_retry(name: str) -> int:
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+    if run == 1:
+        raise taskq.Retry(delay=0.05)
+    return run
+
+
+@app.task
+async def asks_to_retry_without_budget() -> None:
+    raise taskq.Retry(delay=0)
+
+
+@app.task(timeout=0.3)
+def too_slow_sync(name: str) -> str:
+    time.sleep(5)
+    return name
+
+
+@app.task
+def long_sync(seconds: float, name: str) -> int:
+    """Runs longer than the heartbeat timeout; counts its runs."""
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+    event(f"start:{name}:{run}")
+    time.sleep(seconds)
+    return run
+
+
+@app.task
+async def incr_slowly(key: str) -> int:
+    await asyncio.sleep(0.005)
+    with _client() as c:
+        return int(c.incr(key))

@@ -9,24 +9,12 @@ import pytest
 import redis
 
 from taskq import App
-from taskq.broker import Keys
+from taskq.keys import Keys
 
 from . import tasks
-from .proc import TaskqProcess
+from .helpers import start_worker, wait_event
 
 KEYS = Keys()
-
-
-def start_worker(env: dict[str, str], *args: str) -> TaskqProcess:
-    proc = TaskqProcess(["worker", "--app", "tests.tasks", *args], env)
-    proc.wait_for_line(r"worker \S+ started")
-    return proc
-
-
-def wait_event(r: redis.Redis, name: str, timeout: float = 15) -> None:
-    got = r.blpop(["events"], timeout=timeout)
-    assert got is not None, f"no event {name!r} within {timeout}s"
-    assert got[1].decode() == name
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -39,7 +27,10 @@ def test_running_job_finishes_within_grace(
         worker.signal(sig)
         assert worker.wait() == 0, worker.log
     assert job.result(timeout=1) == "a"
-    assert f"stopped ({sig.name}): 1 done, 0 failed, 0 retried, 0 dead-lettered, 0 put back" in worker.log
+    assert (
+        f"stopped ({sig.name}): 1 done, 0 failed, 0 retried, 0 dead-lettered, 0 put back"
+        in worker.log
+    )
     assert "Traceback" not in worker.log
 
 

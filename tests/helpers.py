@@ -1,0 +1,61 @@
+"""Shared test helpers: waiting on events, workers in threads and in processes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from taskq import App, Worker
+
+from .proc import TaskqProcess
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def wait_event(r: redis.Redis, name: str, timeout: float = 15) -> None:
+    """Block until the next event on the `events` list, and check it is ``name``."""
+    got = r.blpop(["events"], timeout=timeout)
+    assert got is not None, f"no event {name!r} within {timeout}s"
+    assert as_text(got[1]) == name
+
+
+def start_worker(env: dict[str, str], *args: str) -> TaskqProcess:
+    """`taskq worker --app tests.tasks ARGS` as a subprocess, once it has started."""
+    proc = TaskqProcess(["worker", "--app", "tests.tasks", *args], env)
+    try:
+        proc.wait_for_line(r"worker \S+ started")
+    except BaseException:
+        proc.__exit__()
+        raise
+    return proc
+
+
+@contextmanager
+def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
+    """A non-burst worker running in a thread for the length of the block."""
+    worker = Worker(app, handle_signals=False, **options)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker")
+    thread.start()
+    assert worker.started.wait(10) or errors, "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop("test over")
+        thread.join(30)
+        assert not thread.is_alive(), "worker did not stop"
+    if errors:
+        raise errors[0]

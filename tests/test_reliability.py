@@ -1,0 +1,370 @@
+"""Never lose a job: real worker processes killed, signalled, starved of Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import taskq
+from taskq import App
+from taskq.keys import Keys
+
+from . import tasks
+from .helpers import start_worker, wait_event, worker_thread
+from .redis_server import RedisServer
+
+KEYS = Keys()
+FAST = ["--heartbeat-timeout", "1"]
+
+
+def test_job_of_a_killed_worker_completes_on_another(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env, *FAST) as doomed, start_worker(worker_env, *FAST) as other:
+        job = tasks.stuck_first_time.push("k9")
+        wait_event(r, "start:k9:1")
+        doomed.kill()  # SIGKILL: no chance to put anything back
+        wait_event(r, "start:k9:2")  # recovered once the heartbeat expired, run again
+        assert job.result(timeout=15) == 2
+        info = job.info()
+        assert info.attempts == 2
+        assert r.hget(KEYS.job(job.id), "stalls") == b"1"
+        other.signal(signal.SIGTERM)
+        assert other.wait() == 0
+    assert r.keys("taskq:{default}:active:*") == []
+    assert r.hlen(KEYS.stalls("default")) == 0
+
+
+def test_poison_job_goes_to_the_dead_letters_after_max_stalls(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    job = tasks.suicide.push()
+    for _ in range(2):  # max_stalls=1: it may kill one worker, and one more
+        with start_worker(worker_env, *FAST) as victim:
+            wait_event(r, "start:suicide")
+            assert victim.wait() == -signal.SIGKILL
+    with start_worker(worker_env, *FAST) as survivor:
+        survivor.wait_for_line(r"killed its worker 2 times \(max_stalls=1\): dead-lettered")
+        survivor.signal(signal.SIGTERM)
+        assert survivor.wait() == 0
+    entry = json.loads(r.hget(KEYS.dead_data("default"), job.id) or b"{}")
+    assert entry["reason"] == "killed its worker 2 times (max_stalls=1)"
+    assert entry["task"] == "suicide"
+    assert job.status() == "failed"
+    assert r.llen(KEYS.queue("default")) == 0
+
+
+def test_sigterm_with_a_thousand_jobs_queued_loses_none(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    jobs = tasks.incr.push_many([("effects",)] * 1000)
+    with start_worker(worker_env, "--concurrency", "20") as worker:
+        worker.wait_for_line(r"job \S+ incr done")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
+    assert int(r.get("effects") or 0) < 1000, "the worker should have been stopped midway"
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert int(r.get("effects") or 0) == 1000
+    assert set(app.broker.statuses([j.id for j in jobs])) == {"done"}
+
+
+def test_long_job_is_not_run_twice_while_its_worker_lives(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env, *FAST) as one, start_worker(worker_env, *FAST) as two:
+        job = tasks.long_sync.push(3, name="long")  # blocks its thread 3x the timeout
+        wait_event(r, "start:long:1")
+        assert job.result(timeout=20) == 1
+        for worker in (one, two):
+            worker.signal(signal.SIGTERM)
+        assert (one.wait(), two.wait()) == (0, 0)
+    assert r.get("runs:long") == b"1"
+    assert r.hget(KEYS.job(job.id), "stalls") is None
+
+
+def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis) -> None:
+    # A dead worker's active list, swept by several recoverers at the same moment.
+    raws = [tasks.add.payload((i, i), {})[1] for i in range(200)]
+    r.lpush(KEYS.active("default", "ghost"), *raws)
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    import threading
+
+    from taskq.broker import Broker
+    from taskq.worker.recovery import Recoverer
+
+    recoverers = [
+        Recoverer(app, Broker(redis.Redis.from_url(app.settings.redis_url)), 1, f"w{i}")
+        for i in range(4)
+    ]
+    barrier = threading.Barrier(len(recoverers))
+
+    def sweep(rec: Recoverer) -> None:
+        barrier.wait()
+        rec.sweep(["default"])
+
+    threads = [threading.Thread(target=sweep, args=(rec,)) for rec in recoverers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(rec.recovered for rec in recoverers) == 200
+    assert sorted(r.lrange(KEYS.queue("default"), 0, -1)) == sorted(raws)
+    assert r.zscore(KEYS.workers("default"), "ghost") is None
+
+
+def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
+    raw = tasks.add.payload((1, 2), {})[1]
+    r.lpush(KEYS.active("default", "slowpoke"), raw)
+    r.zadd(KEYS.workers("default"), {"slowpoke": 0})
+    from taskq.broker import Broker
+    from taskq.worker.recovery import Recoverer
+
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    rec = Recoverer(app, broker, 1, "me")
+    # The worker beats again between being seen as dead and its job being moved.
+    assert (
+        broker.recover_one("default", "slowpoke", raw, 1, -1.0, {"id": "x", "died_at": 0.0}) == -1
+    )
+    assert r.lrange(KEYS.active("default", "slowpoke"), 0, -1) == [raw]
+    assert rec.sweep(["default"]) == 1
+
+
+# -- retries, delays, timeouts -----------------------------------------------------------
+def test_retries_with_backoff_then_success(app: App, r: redis.Redis) -> None:
+    job = tasks.flaky.push("f", 2)
+    with worker_thread(app) as worker:
+        assert job.result(timeout=10) == 3
+    assert job.info().attempts == 3
+    assert worker.stats.retried == 2
+    assert r.hget(KEYS.stats("default"), "retried") == b"2"
+
+
+def test_retries_exhausted_fail_and_dead_letter(app: App, r: redis.Redis) -> None:
+    job = tasks.flaky.push("g", 10)
+    with worker_thread(app), pytest.raises(taskq.JobFailed, match="flaky failure 4"):
+        job.result(timeout=10)
+    assert job.info().attempts == 4
+    entry = json.loads(r.hget(KEYS.dead_data("default"), job.id) or b"{}")
+    assert entry["attempts"] == 4
+
+
+def test_retry_on_restricts_which_errors_retry(app: App) -> None:
+    retried = tasks.only_key_errors_retry.push("KeyError")
+    not_retried = tasks.only_key_errors_retry.push("ValueError")
+    with worker_thread(app):
+        with pytest.raises(taskq.JobFailed):
+            retried.result(timeout=10)
+        with pytest.raises(taskq.JobFailed):
+            not_retried.result(timeout=10)
+    assert (retried.info().attempts, not_retried.info().attempts) == (6, 1)
+
+
+def test_raise_retry_runs_again(app: App) -> None:
+    job = tasks.asks_to_retry.push("again")
+    spent = tasks.asks_to_retry_without_budget.push()
+    with worker_thread(app):
+        assert job.result(timeout=10) == 2
+        with pytest.raises(taskq.JobFailed, match="no retries left"):
+            spent.result(timeout=10)
+
+
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    policy = taskq.retry.RetryPolicy(retries=10, backoff=1, backoff_max=8)
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:
+        delays = [policy.delay(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+    assert policy.delay(3, taskq.Retry(delay=0.5)) == 0.5
+
+
+def test_delayed_jobs_run_once_when_due_across_two_workers(app: App, r: redis.Redis) -> None:
+    jobs = [tasks.incr.push(f"once:{i}", delay=0.5) for i in range(40)]
+    assert {j.status() for j in jobs} == {"scheduled"}
+    assert r.zcard(KEYS.delayed("default")) == 40
+    with worker_thread(app), worker_thread(app):
+        assert taskq.gather(*jobs, timeout=15) == [1] * 40
+    for job in jobs:
+        info = job.info()
+        assert info.started_at is not None
+        assert info.started_at >= float(r.hget(KEYS.job(job.id), "due_at") or 0)
+    assert all(r.get(f"once:{i}") == b"1" for i in range(40))
+
+
+def test_push_at_and_options_delay(app: App, r: redis.Redis) -> None:
+    import datetime
+
+    later = datetime.datetime.now() + datetime.timedelta(hours=1)
+    a = tasks.add.push(1, 2, at=later)
+    b = tasks.add.options(delay=3600).push(1, 2)
+    now = tasks.add.push(1, 2, delay=0)
+    assert (a.status(), b.status(), now.status()) == ("scheduled", "scheduled", "queued")
+    scored: list[tuple[bytes, float]] = r.zrange(KEYS.delayed("default"), 0, -1, withscores=True)  # type: ignore[assignment]
+    dues = sorted(score for _, score in scored)
+    assert dues[0] == pytest.approx(later.timestamp(), abs=1)
+    assert dues[1] == pytest.approx(later.timestamp(), abs=5)
+    with pytest.raises(TypeError, match="not both"):
+        tasks.add.push(1, 2, delay=1, at=later)
+    with pytest.raises(ValueError, match="delay"):
+        tasks.add.push(1, 2, delay=-1)
+
+
+def test_sync_timeout_frees_the_slot(app: App) -> None:
+    timed_out = tasks.too_slow_sync.push("x")
+    after = tasks.add.push(1, 1)
+    with worker_thread(app, concurrency=1):
+        with pytest.raises(taskq.JobFailed, match=r"timeout of 0\.3s"):
+            timed_out.result(timeout=10)
+        # The slot is free again although the thread is still sleeping.
+        assert after.result(timeout=3) == 2
+
+
+# -- bad input ----------------------------------------------------------------------------
+def test_every_kind_of_garbage_is_dead_lettered_with_its_reason(app: App, r: redis.Redis) -> None:
+    garbage = {
+        b"\xc3\x28": "not UTF-8",
+        b"{": "not JSON",
+        b'"a string"': "JSON object",
+        b'{"args": [1]}': "'task'",
+        b'{"task": "add", "args": {"a": 1}}': "'args' must be a JSON array",
+        b'{"task": "add", "kwargs": []}': "'kwargs' must be a JSON object",
+        b'{"task": "add", "id": 5}': "'id' must be",
+        b'{"task": "add", "args": [' + b"1," * 600_000 + b"1]}": "over the",
+    }
+    r.lpush(KEYS.queue("default"), *garbage)
+    r.lpush(KEYS.queue("default"), json.dumps({"id": "u", "task": "no_such_task"}))
+    r.lpush(KEYS.queue("default"), json.dumps({"id": "a", "task": "add", "args": [1, 2, 3]}))
+    good = tasks.add.push(2, 2)
+    stats = taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert good.result(timeout=1) == 4
+    assert (stats.dead, stats.failed, stats.done) == (len(garbage), 2, 1)
+    entries = [json.loads(v) for v in r.hvals(KEYS.dead_data("default"))]
+    assert len(entries) == len(garbage) + 2
+    reasons = " | ".join(e["reason"] + " " + (e["error"] or "") for e in entries)
+    for expected in garbage.values():
+        assert expected in reasons
+    assert "no task named 'no_such_task'" in reasons
+    assert "bad arguments for task 'add'" in reasons
+
+
+def test_dead_letters_cli_lists_retries_and_purges(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+
+    failed = tasks.boom.push("once")
+    r.lpush(KEYS.queue("default"), b"garbage")
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    runner = CliRunner()
+    env = {"TASKQ_REDIS_URL": app.settings.redis_url}
+    listing = runner.invoke(main, ["dead"], env=env)
+    assert listing.exit_code == 0, listing.output
+    assert failed.id in listing.output
+    assert "ValueError: once" in listing.output
+    as_json = runner.invoke(main, ["dead", "--json"], env=env)
+    entries = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {e["reason"] for e in entries} == {
+        "failed",
+        "bad payload: payload is not JSON: Expecting value: line 1 column 1 (char 0)",
+    }
+    retried = runner.invoke(main, ["retry", failed.id], env=env)
+    assert retried.exit_code == 0, retried.output
+    assert failed.status() == "queued"
+    garbage_id = next(e["id"] for e in entries if e["id"] != failed.id)
+    refused = runner.invoke(main, ["retry", garbage_id], env=env)
+    assert refused.exit_code == 1
+    assert "cannot retry a bad payload" in refused.output
+    assert runner.invoke(main, ["purge"], env=env, input="n\n").exit_code == 1
+    assert r.hlen(KEYS.dead_data("default")) == 1
+    purged = runner.invoke(main, ["purge", "--yes"], env=env)
+    assert purged.exit_code == 0
+    assert r.hlen(KEYS.dead_data("default")) == 0
+
+
+# -- Redis outages ------------------------------------------------------------------------
+@pytest.fixture
+def aof_redis() -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=True)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_redis_restart_under_load_every_job_completes(aof_redis: RedisServer) -> None:
+    import os
+
+    from .proc import TaskqProcess
+
+    app = App(aof_redis.url)
+    tasks_app = tasks.app
+    env = dict(os.environ, TASKQ_REDIS_URL=aof_redis.url, PYTHONUNBUFFERED="1")
+    r = redis.Redis.from_url(aof_redis.url)
+    try:
+        tasks_app.close()
+        tasks_app.configure(redis_url=aof_redis.url)
+        jobs = tasks.incr_slowly.push_many([("effects",)] * 400)
+        with TaskqProcess(["worker", "--app", "tests.tasks", "-c", "5"], env) as worker:
+            worker.wait_for_line(r"job \S+ incr_slowly done")
+            aof_redis.restart()  # kill -9 and start again from its AOF
+            worker.wait_for_line(r"redis unavailable|redis error")
+            assert taskq.gather(*[tasks_app.job(j.id) for j in jobs], timeout=60) >= [1] * 0
+            assert set(tasks_app.broker.statuses([j.id for j in jobs])) == {"done"}
+            worker.signal(signal.SIGTERM)
+            assert worker.wait() == 0, worker.log
+        assert int(r.get("effects") or 0) >= 400
+        assert "Traceback" not in worker.log
+    finally:
+        r.close()
+        app.close()
+        tasks_app.close()
+
+
+def test_shutdown_during_an_outage_still_exits(aof_redis: RedisServer) -> None:
+    import os
+
+    from .proc import TaskqProcess
+
+    env = dict(os.environ, TASKQ_REDIS_URL=aof_redis.url, PYTHONUNBUFFERED="1")
+    with TaskqProcess(["worker", "--app", "tests.tasks", "--grace", "1"], env) as worker:
+        worker.wait_for_line(r"worker \S+ started")
+        aof_redis.kill()
+        worker.wait_for_line(r"redis error|heartbeat failed")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.log
+    assert "stopped (SIGTERM)" in worker.log
+
+
+def test_password_never_appears_in_logs_or_info() -> None:
+    import os
+
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+
+    from .proc import TaskqProcess
+
+    server = RedisServer(password="s3cret-pw")
+    server.start()
+    try:
+        env = dict(os.environ, TASKQ_REDIS_URL=server.url, PYTHONUNBUFFERED="1")
+        with TaskqProcess(["worker"], env) as worker:
+            worker.wait_for_line(r"worker \S+ started")
+            info = CliRunner().invoke(main, ["info"], env={"TASKQ_REDIS_URL": server.url})
+            assert info.exit_code == 0, info.output
+            assert "workers alive: 1" in info.output
+            worker.signal(signal.SIGTERM)
+            assert worker.wait() == 0
+        wrong = server.url.replace("s3cret-pw", "wrong-pw")
+        denied = CliRunner().invoke(main, ["info"], env={"TASKQ_REDIS_URL": wrong})
+        assert denied.exit_code == 1
+        for output in (worker.log, info.output, denied.output):
+            assert "s3cret-pw" not in output
+            assert "wrong-pw" not in output
+        assert ":***@" in worker.log
+    finally:
+        server.kill()
