@@ -2,18 +2,15 @@
 
 :class:`Broker` is synchronous (producers, the master thread, the heartbeat thread,
 the CLI); :class:`taskq.abroker.AsyncBroker` is its asyncio twin for the event loop.
-Commands both need are queued into a pipeline by the ``queue_*`` functions here, so
-each is written once. Keys come from :mod:`taskq.keys`, scripts from
-:mod:`taskq.scripts`.
-
-Writes that span a queue's keys and a job record are pipelined in an order that is
-safe if cut short: the record is written first and the job leaves the active list
-last, so a crash in between makes the job run again rather than vanish.
+Reads both need are queued into a pipeline by the ``queue_*`` functions here, and
+changes are built once as :class:`taskq.writes.Writes` (which also explains the
+order that keeps a cut-short write safe). Keys come from :mod:`taskq.keys`, scripts
+from :mod:`taskq.scripts`.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import hashlib
 import json
 import time
@@ -21,81 +18,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from . import scripts
 from .keys import Keys
-from .payload import Payload, dumps, new_id, peek_id
+from .payload import Payload, dumps, peek_id
+from .writes import WriteBuilder, Writes, record_fields
 
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
 
-def dead_entry(
-    queue: str,
-    raw: bytes,
-    reason: str,
-    *,
-    job_id: str | None = None,
-    task: str | None = None,
-    error: str | None = None,
-    traceback: str | None = None,
-    attempts: int = 0,
-) -> dict[str, Any]:
-    """A dead letter: everything needed to understand and retry the job."""
-    entry: dict[str, Any] = {
-        "id": job_id or new_id(),
-        "queue": queue,
-        "task": task,
-        "reason": reason,
-        "error": error,
-        "traceback": traceback,
-        "attempts": attempts,
-        "died_at": time.time(),
-    }
-    try:
-        entry["payload"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        entry["payload_base64"] = base64.b64encode(raw).decode()
-    return entry
-
-
-def entry_payload(entry: dict[str, Any]) -> bytes:
-    if "payload" in entry:
-        return str(entry["payload"]).encode()
-    return base64.b64decode(entry["payload_base64"])
-
-
-def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[str, Any]:
-    return {
-        "status": status,
-        "task": payload.task,
-        "queue": queue,
-        "args": dumps(payload.args),
-        "kwargs": dumps(payload.kwargs),
-        "enqueued_at": repr(payload.enqueued_at),
-    }
-
-
-def queue_push(
-    pipe: Any,
-    keys: Keys,
-    queue: str,
-    jobs: Sequence[tuple[Payload, bytes]],
-    due: float | None = None,
-) -> None:
-    """Queue the commands that push ``jobs`` (payload, encoded) onto ``queue``,
-    or into its delayed set if ``due`` (epoch seconds) is given."""
-    for payload, _ in jobs:
-        fields = record_fields(payload, queue, "queued" if due is None else "scheduled")
-        fields["attempts"] = 0
-        if due is not None:
-            fields["due_at"] = repr(due)
-        pipe.hset(keys.job(payload.id), mapping=fields)
-    if due is None:
-        pipe.lpush(keys.queue(queue), *(raw for _, raw in jobs))
-    else:
-        pipe.zadd(keys.delayed(queue), {raw: due for _, raw in jobs})
-    pipe.sadd(keys.queues(), queue)
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, redis.RedisCluster | aioredis.RedisCluster)
 
 
 def queue_status(pipe: Any, keys: Keys, job_ids: Iterable[str]) -> None:
@@ -124,20 +59,46 @@ class Broker:
         self.client: Any = client
         self.keys = keys or Keys()
         self.dead_retention = dead_retention
-        self._fetch_many = client.register_script(scripts.FETCH_MANY)
-        self._put_back = client.register_script(scripts.PUT_BACK)
-        self._promote = client.register_script(scripts.PROMOTE)
-        self._recover_one = client.register_script(scripts.RECOVER_ONE)
-        self._forget_worker = client.register_script(scripts.FORGET_WORKER)
-        self._revive = client.register_script(scripts.REVIVE)
+        self.cluster = is_cluster(client)
+        self.writes = WriteBuilder(self.keys, dead_retention=dead_retention)
+        self._scripts: dict[str, Any] = {}
+        self._fetch_many = self._script(scripts.FETCH_MANY)
+        self._put_back = self._script(scripts.PUT_BACK)
+        self._promote = self._script(scripts.PROMOTE)
+        self._recover_one = self._script(scripts.RECOVER_ONE)
+        self._forget_worker = self._script(scripts.FORGET_WORKER)
+        self._revive = self._script(scripts.REVIVE)
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    def apply(self, w: Writes) -> None:
+        """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
+        if not self.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for op in (*w.records, *w.queue):
+                op(pipe)
+            for source, keys, args in w.scripts:
+                self._script(source)(keys=keys, args=args, client=pipe)
+            pipe.execute()
+            return
+        for ops in (w.records, w.queue):
+            if ops:
+                pipe = self.client.pipeline(transaction=False)
+                for op in ops:
+                    op(pipe)
+                pipe.execute()
+        for source, keys, args in w.scripts:
+            self._script(source)(keys=keys, args=args)
 
     # -- producers -------------------------------------------------------------------
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        queue_push(pipe, self.keys, queue, jobs, due)
-        pipe.execute()
+        self.apply(self.writes.push(queue, jobs, due))
 
     def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)
@@ -231,8 +192,11 @@ class Broker:
         max_stalls: int,
         dead_before: float,
         entry: dict[str, Any],
+        retry_raw: bytes,
     ) -> int:
-        """Requeue (1) or dead-letter (2) one job of a dead worker; see RECOVER_ONE."""
+        """Requeue (1) or dead-letter (2) one job of a dead worker; see RECOVER_ONE.
+
+        ``retry_raw`` is the job as it runs next (one attempt along)."""
         k = self.keys
         result: int = self._recover_one(
             keys=[
@@ -252,6 +216,7 @@ class Broker:
                 repr(dead_before),
                 dumps(entry),
                 repr(entry["died_at"]),
+                retry_raw,
             ],
         )
         return result
@@ -286,12 +251,14 @@ class Broker:
         raw = self.client.hget(self.keys.dead_data(queue), dead_id)
         return json.loads(raw) if raw is not None else None
 
-    def revive(self, queue: str, dead_id: str, payload: Payload, raw: bytes) -> bool:
-        """Requeue a dead letter as a fresh job under the same id (once, even if raced)."""
+    def revive(self, queue: str, dead_id: str, payload: Payload) -> bool:
+        """Requeue a dead letter as a fresh job under the same id, attempts reset
+        (once, even if raced)."""
+        payload = dataclasses.replace(payload, attempts=0)
+        raw = payload.encode()
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(self.keys.job(payload.id))
         fields = record_fields(payload, queue)
-        fields["attempts"] = 0
         pipe.hset(self.keys.job(payload.id), mapping=fields)
         pipe.execute()
         return bool(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .config import mask_url
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
 from .worker.master import Worker
+from .worker.supervisor import Supervisor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +64,14 @@ def main() -> None:
     help="Seconds running jobs get to finish on shutdown (default 20).",
 )
 @click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    envvar="TASKQ_PROCESSES",
+    help="Run this many worker processes, supervised (restarted if they crash).",
+)
+@click.option(
     "--heartbeat-timeout",
     type=click.FloatRange(min=0.5),
     default=None,
@@ -88,17 +98,32 @@ def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
     grace: float | None,
+    processes: int,
     heartbeat_timeout: float | None,
     burst: bool,
     log_level: str,
 ) -> None:
     """Run a worker: take jobs off Redis and run them until Ctrl+C or SIGTERM."""
     setup_logging(log_level)
-    app = load_app(app_spec, redis_url)
-    queues = tuple(q for item in queues for q in item.split(",") if q) or None  # type: ignore[assignment]
+    app = load_app(app_spec, redis_url)  # fail here, once, on a bad --app or URL
+    names = tuple(q for item in queues for q in item.split(",") if q) or None
+    if processes > 1:
+        options = {
+            "--queue": ",".join(names) if names else None,
+            "--concurrency": concurrency,
+            "--grace": grace,
+            "--heartbeat-timeout": heartbeat_timeout,
+            "--log-level": log_level,
+        }
+        args = [str(x) for k, v in options.items() if v is not None for x in (k, v)]
+        args += ["--burst"] if burst else []
+        env = dict(os.environ, TASKQ_REDIS_URL=app.settings.redis_url)
+        if app_spec:
+            env["TASKQ_APP"] = app_spec
+        sys.exit(Supervisor(args, processes, env).run())
     Worker(
         app,
-        queues=queues or None,
+        queues=names,
         concurrency=concurrency,
         grace=grace,
         heartbeat_timeout=heartbeat_timeout,

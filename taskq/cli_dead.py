@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from .app import App
-from .broker import Broker, entry_payload
+from .broker import Broker
 from .cli_common import friendly_errors, url_option
 from .payload import BadPayload, decode
+from .writes import entry_payload
 
 queue_option = click.option(
     "--queue",
@@ -69,7 +70,7 @@ def _revive(broker: Broker, queue: str, entry: dict[str, Any]) -> str:
         payload, _ = decode(raw)
     except BadPayload as exc:
         return f"{entry['id']}: cannot retry a bad payload ({exc}); purge it instead"
-    if not broker.revive(queue, entry["id"], payload, payload.encode()):
+    if not broker.revive(queue, entry["id"], payload):
         return f"{entry['id']}: already retried or purged"
     return ""
 

@@ -6,8 +6,10 @@ Every CLI option maps to a field here and to a ``TASKQ_*`` environment variable.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ ENV_VARS = {
     "dead_retention": "TASKQ_DEAD_RETENTION",
 }
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
 
 class ConfigError(ValueError):
@@ -34,7 +36,7 @@ class ConfigError(ValueError):
 
 def check_queue_name(name: str) -> str:
     """Queue names become part of Redis keys (inside a ``{hash tag}``): keep them plain."""
-    if not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '-' or '.'"
         )
@@ -54,6 +56,12 @@ class Settings:
     dead_retention: int = 7 * 86_400
 
     def __post_init__(self) -> None:
+        if isinstance(self.queues, str):  # Settings(queues="high") means one queue
+            object.__setattr__(self, "queues", (self.queues,))
+        object.__setattr__(self, "queues", tuple(self.queues))
+        for name in ("grace", "heartbeat_timeout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number of seconds")
         if not self.queues:
             raise ConfigError("at least one queue is needed")
         for q in self.queues:
@@ -111,9 +119,25 @@ def _parse(name: str, var: str, raw: str) -> Any:
     return raw
 
 
-_PASSWORD = re.compile(r"^(?P<scheme>[a-z+\-]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
-
-
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``: safe for logs and errors."""
-    return _PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        if has_password:
+            netloc = f"{user}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{k}={'***' if k.lower() == 'password' else v}" for k, v in pairs)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    masked = f"{parts.scheme}://{netloc}{parts.path}"
+    return (
+        masked + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    )

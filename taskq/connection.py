@@ -1,4 +1,6 @@
-"""Redis clients from a URL: ``redis://``, ``rediss://``, ``unix://`` or ``memory://``.
+"""Redis clients from a URL: ``redis://``, ``rediss://``, ``unix://``, ``memory://``,
+or ``redis-cluster://`` / ``rediss-cluster://`` (any one node of a Redis Cluster;
+redis-py's cluster client discovers the rest).
 
 ``memory://NAME`` is an in-process Redis (fakeredis): every client made for the same
 URL in one process shares one server, so a worker and its producers can run together
@@ -64,13 +66,27 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+def cluster_node_url(url: str) -> str | None:
+    """``redis://host:port`` for a cluster URL, None for any other URL."""
+    for scheme in ("redis-cluster://", "rediss-cluster://"):
+        if url.startswith(scheme):
+            return scheme.replace("-cluster", "") + url[len(scheme) :]
+    return None
+
+
 def connect(url: str, *, socket_timeout: float | None = None) -> redis.Redis:
     """A synchronous client for ``url``. No I/O happens until the first command."""
     if is_memory(url):
         sync_cls, _ = _memory_client_classes()
         client: redis.Redis = sync_cls(server=_memory_server(url))
         return client
+    node = cluster_node_url(url)
     try:
+        if node is not None:
+            cluster: Any = redis.RedisCluster.from_url(
+                node, socket_timeout=socket_timeout, socket_connect_timeout=5
+            )
+            return cluster  # type: ignore[no-any-return]
         return redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=5, **_CLIENT_OPTIONS
         )
@@ -84,7 +100,13 @@ def connect_async(url: str, *, socket_timeout: float | None = None) -> aioredis.
         _, async_cls = _memory_client_classes()
         client: aioredis.Redis = async_cls(server=_memory_server(url))
         return client
+    node = cluster_node_url(url)
     try:
+        if node is not None:
+            cluster: Any = aioredis.RedisCluster.from_url(
+                node, socket_timeout=socket_timeout, socket_connect_timeout=5
+            )
+            return cluster  # type: ignore[no-any-return]
         return aioredis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=5, **_CLIENT_OPTIONS
         )

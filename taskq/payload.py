@@ -5,14 +5,17 @@ A job is one UTF-8 JSON object, pushed with ``LPUSH`` onto its queue's list::
     {"id": "5f0c...", "task": "sleep", "args": [1], "kwargs": {}, "enqueued_at": 1700000000.0}
 
 Only ``task`` is required: ``id`` defaults to a fresh one given by the worker, ``args``
-to ``[]``, ``kwargs`` to ``{}``, ``enqueued_at`` to the time the worker took it. Other
+to ``[]``, ``kwargs`` to ``{}``, ``enqueued_at`` to the time the worker took it,
+``attempts`` (runs so far, counted by retries and recoveries) to ``0``. Other
 fields are ignored, so newer producers can talk to older workers. JSON only, never
 pickle: nothing read from Redis can run code, and only registered tasks run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +46,11 @@ class Payload:
     kwargs: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     enqueued_at: float = field(default_factory=time.time)
+    attempts: int = 0
+
+    def next_attempt(self) -> Payload:
+        """The same job, one more attempt along (a retry, or a recovery after a stall)."""
+        return dataclasses.replace(self, attempts=self.attempts + 1)
 
     def encode(self) -> bytes:
         """The bytes pushed to Redis. Raises TypeError/ValueError for non-JSON arguments."""
@@ -54,6 +62,7 @@ class Payload:
                     "args": self.args,
                     "kwargs": self.kwargs,
                     "enqueued_at": self.enqueued_at,
+                    **({"attempts": self.attempts} if self.attempts else {}),
                 }
             ).encode()
         except (TypeError, ValueError) as exc:
@@ -82,7 +91,7 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     except UnicodeDecodeError as exc:
         raise BadPayload(f"payload is not UTF-8: {exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -107,7 +116,16 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     enqueued_at = data.get("enqueued_at", time.time())
     if isinstance(enqueued_at, bool) or not isinstance(enqueued_at, int | float):
         raise BadPayload("'enqueued_at' must be a number (seconds since the epoch)")
-    return Payload(task, args, kwargs, job_id, float(enqueued_at)), missing_id
+    if not math.isfinite(enqueued_at):
+        raise BadPayload("'enqueued_at' must be a finite number")
+    attempts = data.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise BadPayload("'attempts' must be a whole number, zero or more")
+    return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts), missing_id
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def peek_id(raw: bytes) -> str | None:

@@ -50,10 +50,12 @@ redis.call('LREM', KEYS[1], 1, ARGV[1])
 return #old
 """
 
-# KEYS: active, delayed. ARGV: raw job, due time. A retry waits out its backoff.
+# KEYS: active, delayed. ARGV: raw job, due time, the job as it runs next (one
+# attempt along). A retry waits out its backoff in the delayed set.
 RETRY_LATER = """
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('LREM', KEYS[1], 1, ARGV[1])
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
 return 1
 """
 
@@ -72,8 +74,9 @@ return {#due, nxt[2] or false}
 
 # KEYS: active of a dead worker W, queue, workers, stalls, dead, dead data, stats.
 # ARGV: raw job, job id, max stalls, W, W is dead if its heartbeat is older than this,
-# dead-letter entry JSON, now. Recovers one job of a dead worker: back to the front
-# of the queue, or to the dead letters once it has stalled more than max stalls.
+# dead-letter entry JSON, now, the job as it runs next (one attempt along). Recovers
+# one job of a dead worker: back to the front of the queue, or to the dead letters
+# once it has stalled more than max stalls.
 # Returns -1 if W came back to life, 0 if another worker recovered the job first,
 # 1 if requeued, 2 if dead-lettered.
 RECOVER_ONE = """
@@ -89,7 +92,7 @@ if n > tonumber(ARGV[3]) then
   redis.call('HINCRBY', KEYS[7], 'dead', 1)
   return 2
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[8])
 return 1
 """
 

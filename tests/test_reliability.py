@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,9 @@ import redis
 
 import taskq
 from taskq import App
+from taskq.broker import Broker
 from taskq.keys import Keys
+from taskq.worker.recovery import Recoverer
 
 from . import tasks
 from .helpers import start_worker, wait_event, worker_thread
@@ -91,11 +94,6 @@ def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis
     raws = [tasks.add.payload((i, i), {})[1] for i in range(200)]
     r.lpush(KEYS.active("default", "ghost"), *raws)
     r.zadd(KEYS.workers("default"), {"ghost": 0})
-    import threading
-
-    from taskq.broker import Broker
-    from taskq.worker.recovery import Recoverer
-
     recoverers = [
         Recoverer(app, Broker(redis.Redis.from_url(app.settings.redis_url)), 1, f"w{i}")
         for i in range(4)
@@ -112,7 +110,9 @@ def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis
     for t in threads:
         t.join()
     assert sum(rec.recovered for rec in recoverers) == 200
-    assert sorted(r.lrange(KEYS.queue("default"), 0, -1)) == sorted(raws)
+    requeued = [json.loads(raw) for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+    assert sorted(j["id"] for j in requeued) == sorted(json.loads(raw)["id"] for raw in raws)
+    assert {j["attempts"] for j in requeued} == {1}  # a stall counts as an attempt
     assert r.zscore(KEYS.workers("default"), "ghost") is None
 
 
@@ -120,14 +120,12 @@ def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     raw = tasks.add.payload((1, 2), {})[1]
     r.lpush(KEYS.active("default", "slowpoke"), raw)
     r.zadd(KEYS.workers("default"), {"slowpoke": 0})
-    from taskq.broker import Broker
-    from taskq.worker.recovery import Recoverer
-
     broker = Broker(redis.Redis.from_url(app.settings.redis_url))
     rec = Recoverer(app, broker, 1, "me")
     # The worker beats again between being seen as dead and its job being moved.
     assert (
-        broker.recover_one("default", "slowpoke", raw, 1, -1.0, {"id": "x", "died_at": 0.0}) == -1
+        broker.recover_one("default", "slowpoke", raw, 1, -1.0, {"id": "x", "died_at": 0.0}, raw)
+        == -1
     )
     assert r.lrange(KEYS.active("default", "slowpoke"), 0, -1) == [raw]
     assert rec.sweep(["default"]) == 1

@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 
 from ..app import App
-from ..broker import Broker, dead_entry, stall_key
+from ..broker import Broker, stall_key
 from ..payload import BadPayload, decode
+from ..writes import dead_entry
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,23 @@ class Recoverer:
         job_id = stall_key(raw)
         task_name = None
         max_stalls = 1
+        retry_raw = raw
         try:
             payload, _ = decode(raw)
             task_name = payload.task
+            retry_raw = payload.next_attempt().encode()
             task = self.app.tasks.get(task_name)
             if task is not None:
                 max_stalls = task.max_stalls
-        except BadPayload:
+        except (BadPayload, TypeError, ValueError):
             pass
         reason = f"killed its worker {max_stalls + 1} times (max_stalls={max_stalls})"
         entry = dead_entry(
             queue, raw, reason, job_id=job_id, task=task_name, error=f"PoisonJob: {reason}"
         )
-        outcome = self.broker.recover_one(queue, worker, raw, max_stalls, dead_before, entry)
+        outcome = self.broker.recover_one(
+            queue, worker, raw, max_stalls, dead_before, entry, retry_raw
+        )
         if outcome == REQUEUED:
             self.recovered += 1
             log.warning("job %s of dead worker %s put back on queue %r", job_id, worker, queue)

@@ -7,16 +7,15 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis
 
-from ..abroker import AsyncBroker, Outcome
+from ..abroker import AsyncBroker
 from ..app import App, Task
-from ..broker import dead_entry
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
+from ..writes import Outcome, Writes, dead_entry
 from .executor import DaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ class JobRunner:
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
+        self.writes = broker.writes
         self.reconnects = 0
 
     async def run(self, queue: str, raw: bytes) -> str:
@@ -55,24 +55,23 @@ class JobRunner:
             entry = dead_entry(
                 queue, raw, f"bad payload: {exc}", job_id=peek_id(raw), error=f"BadPayload: {exc}"
             )
-            await self._redis(lambda: self.broker.bury(self.worker_id, raw, entry))
+            await self._redis(self.writes.bury(self.worker_id, raw, entry))
             return "dead"
         if missing_id:
-            raw = await self._redis(
-                lambda: self.broker.give_id(queue, self.worker_id, raw, payload)
-            )
+            new_raw = payload.encode()
+            await self._redis(self.writes.give_id(queue, self.worker_id, raw, new_raw))
+            raw = new_raw
         task = self.app.tasks.get(payload.task)
-        attempt = await self._redis(lambda: self.broker.start(queue, self.worker_id, payload))
+        attempt = payload.attempts + 1
+        await self._redis(self.writes.start(queue, self.worker_id, payload))
         started = time.monotonic()
         outcome = await self._outcome(task, payload, attempt)
-        await self._redis(
-            lambda: self.broker.finish(queue, self.worker_id, raw, payload, outcome, attempt)
-        )
+        await self._redis(self.writes.finish(queue, self.worker_id, raw, payload, outcome))
         self._log(payload, outcome, time.monotonic() - started, attempt)
         return outcome.status
 
-    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis operation, waiting out an outage with capped backoff.
+    async def _redis(self, writes: Writes) -> None:
+        """Apply ``writes``, waiting out a Redis outage with capped backoff.
 
         A job's outcome is kept until Redis takes it; if the worker is stopped first,
         the job is still in the active list and runs again elsewhere: never lost.
@@ -80,7 +79,7 @@ class JobRunner:
         delay = 0.1
         while True:
             try:
-                return await op()
+                return await self.broker.apply(writes)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.reconnects += 1
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)

@@ -1,0 +1,214 @@
+"""The changes taskq makes to Redis, built once for both the sync and async brokers.
+
+A :class:`Writes` holds one or more logical changes in three phases: commands on job
+records (any slot), then commands on queue keys, then Lua scripts on queue keys.
+Applying it keeps that order, which is what makes a cut-short write safe: a job's
+outcome is stored before the job leaves its active list, so a crash in between makes
+it run again rather than vanish.
+
+* On one Redis, a :class:`Writes` is one pipeline: one round trip, in order.
+* On a Redis Cluster, each phase is a round trip of its own (a cluster pipeline
+  runs on several nodes at once, so only separate round trips keep the order, and
+  it cannot carry scripts).
+
+Many jobs' writes merge into one :class:`Writes` (see :meth:`Writes.merge`), which
+is how a worker stores a batch of outcomes in one round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import scripts
+from .keys import Keys
+from .payload import Payload, dumps, new_id
+
+Command = Callable[[Any], Any]  # queues one command on a (sync or async) pipeline
+
+
+def cmd(name: str, *args: Any, **kwargs: Any) -> Command:
+    """A command to queue later: ``cmd("lrem", key, 1, raw)``."""
+    return lambda pipe: getattr(pipe, name)(*args, **kwargs)
+
+
+@dataclass
+class Writes:
+    records: list[Command] = field(default_factory=list)
+    queue: list[Command] = field(default_factory=list)
+    scripts: list[tuple[str, list[str], list[Any]]] = field(default_factory=list)
+
+    def merge(self, other: Writes) -> Writes:
+        self.records += other.records
+        self.queue += other.queue
+        self.scripts += other.scripts
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.queue or self.scripts)
+
+
+def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[str, Any]:
+    return {
+        "status": status,
+        "task": payload.task,
+        "queue": queue,
+        "args": dumps(payload.args),
+        "kwargs": dumps(payload.kwargs),
+        "enqueued_at": repr(payload.enqueued_at),
+        "attempts": payload.attempts,
+    }
+
+
+def dead_entry(
+    queue: str,
+    raw: bytes,
+    reason: str,
+    *,
+    job_id: str | None = None,
+    task: str | None = None,
+    error: str | None = None,
+    traceback: str | None = None,
+    attempts: int = 0,
+) -> dict[str, Any]:
+    """A dead letter: everything needed to understand and retry the job."""
+    entry: dict[str, Any] = {
+        "id": job_id or new_id(),
+        "queue": queue,
+        "task": task,
+        "reason": reason,
+        "error": error,
+        "traceback": traceback,
+        "attempts": attempts,
+        "died_at": time.time(),
+    }
+    try:
+        entry["payload"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["payload_base64"] = base64.b64encode(raw).decode()
+    return entry
+
+
+def entry_payload(entry: dict[str, Any]) -> bytes:
+    """The raw job a dead letter holds."""
+    if "payload" in entry:
+        return str(entry["payload"]).encode()
+    return base64.b64decode(entry["payload_base64"])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of a job ended."""
+
+    status: str  # "done", "failed" (for good: dead-lettered) or "scheduled" (a retry)
+    result: str | None = None  # JSON of the return value
+    error: str | None = None  # "ExcType: message"
+    traceback: str | None = None
+    due: float | None = None  # when a retry runs
+
+
+class WriteBuilder:
+    """Builds the :class:`Writes` of each change, given the key space and settings."""
+
+    def __init__(
+        self, keys: Keys, result_ttl: int = 86_400, dead_retention: int = 7 * 86_400
+    ) -> None:
+        self.keys = keys
+        self.result_ttl = result_ttl
+        self.dead_retention = dead_retention
+
+    def push(
+        self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
+    ) -> Writes:
+        """Jobs onto ``queue``, or into its delayed set until ``due`` (epoch seconds)."""
+        w = Writes()
+        k = self.keys
+        for payload, _ in jobs:
+            fields = record_fields(payload, queue, "queued" if due is None else "scheduled")
+            if due is not None:
+                fields["due_at"] = repr(due)
+            w.records.append(cmd("hset", k.job(payload.id), mapping=fields))
+        raws = [raw for _, raw in jobs]
+        if due is None:
+            w.queue.append(cmd("lpush", k.queue(queue), *raws))
+        else:
+            w.queue.append(cmd("zadd", k.delayed(queue), dict.fromkeys(raws, due)))
+        w.records.append(cmd("sadd", k.queues(), queue))
+        return w
+
+    def start(self, queue: str, worker: str, payload: Payload) -> Writes:
+        fields = record_fields(payload, queue, "active")
+        fields.update(started_at=repr(time.time()), worker=worker, attempts=payload.attempts + 1)
+        key = self.keys.job(payload.id)
+        return Writes(records=[cmd("hset", key, mapping=fields)])
+
+    def finish(
+        self, queue: str, worker: str, raw: bytes, payload: Payload, outcome: Outcome
+    ) -> Writes:
+        """Store the outcome, then release the job from the active list: to nowhere
+        (done), to the delayed set (a retry) or to the dead letters (failed)."""
+        k = self.keys
+        key = k.job(payload.id)
+        fields = {"status": outcome.status}
+        for name in ("result", "error", "traceback"):
+            value = getattr(outcome, name)
+            if value is not None:
+                fields[name] = value
+        w = Writes()
+        if outcome.status == "scheduled":
+            assert outcome.due is not None
+            fields["due_at"] = repr(outcome.due)
+            w.records.append(cmd("hset", key, mapping=fields))
+            w.queue.append(cmd("hincrby", k.stats(queue), "retried", 1))
+            retry = payload.next_attempt().encode()
+            w.scripts.append(
+                (
+                    scripts.RETRY_LATER,
+                    [k.active(queue, worker), k.delayed(queue)],
+                    [raw, repr(outcome.due), retry],
+                )
+            )
+            return w
+        fields["finished_at"] = repr(time.time())
+        w.records.append(cmd("hset", key, mapping=fields))
+        w.records.append(cmd("expire", key, self.result_ttl))
+        w.queue.append(cmd("hincrby", k.stats(queue), outcome.status, 1))
+        if outcome.status == "failed":
+            entry = dead_entry(
+                queue,
+                raw,
+                "failed",
+                job_id=payload.id,
+                task=payload.task,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                attempts=payload.attempts + 1,
+            )
+            return w.merge(self.bury(worker, raw, entry))
+        w.queue.append(cmd("hdel", k.stalls(queue), payload.id))
+        w.queue.append(cmd("lrem", k.active(queue, worker), 1, raw))
+        return w
+
+    def bury(self, worker: str, raw: bytes, entry: dict[str, Any]) -> Writes:
+        """Move a job from a worker's active list to the dead letters."""
+        q = entry["queue"]
+        k = self.keys
+        now = entry["died_at"]
+        return Writes(
+            scripts=[
+                (
+                    scripts.BURY,
+                    [k.active(q, worker), k.dead(q), k.dead_data(q), k.stats(q), k.stalls(q)],
+                    [raw, entry["id"], dumps(entry), repr(now), repr(now - self.dead_retention)],
+                )
+            ]
+        )
+
+    def give_id(self, queue: str, worker: str, raw: bytes, new_raw: bytes) -> Writes:
+        """Store a job pushed without an id under the id the worker gave it."""
+        return Writes(
+            scripts=[(scripts.REPLACE, [self.keys.active(queue, worker)], [raw, new_raw])]
+        )
