@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from . import demo as demo_tasks
 from .app import App, Task
 from .cli_common import app_option, friendly_errors, load_app, setup_logging, url_option
 from .cli_dead import dead, purge, retry
-from .config import mask_url
+from .config import ConfigError, mask_url
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
 from .worker.master import Worker
@@ -136,7 +137,7 @@ def _parse_json(value: str, what: str) -> Any:
     try:
         return json.loads(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not JSON ({exc})", param_hint=what) from None
+        raise click.ClickException(f"{what}: {value!r} is not JSON ({exc})") from None
 
 
 @main.command()
@@ -203,12 +204,14 @@ def push(
     task = app.tasks.get(task_name)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"
-        raise click.UsageError(f"no task named {task_name!r} (registered: {names})")
+        raise click.ClickException(f"no task named {task_name!r} (registered: {names})")
     items = _push_items(values, args_json, kwargs_json)
     try:
         jobs = task.options(delay=delay).push_many([item for item in items for _ in range(count)])
-    except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # arguments the task cannot take
+        raise click.ClickException(str(exc)) from None
     for job in jobs:
         click.echo(job.id)
     if wait_:
@@ -229,9 +232,9 @@ def _push_items(
     args = _parse_json(args_json, "--args") if args_json else []
     kwargs = _parse_json(kwargs_json, "--kwargs") if kwargs_json else {}
     if not isinstance(args, list):
-        raise click.BadParameter("must be a JSON array", param_hint="--args")
+        raise click.ClickException("--args must be a JSON array")
     if not isinstance(kwargs, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+        raise click.ClickException("--kwargs must be a JSON object")
     return [(tuple(args), kwargs)]
 
 
@@ -283,12 +286,8 @@ def result(
     """Show a job's result (exit 1 if it failed, 2 if it has not finished)."""
     job: Job[Any] = App(redis_url).job(job_id)
     if wait_:
-        try:
+        with contextlib.suppress(JobFailed, ResultTimeout):  # reported below from the record
             job.result(timeout)
-        except JobFailed:
-            pass
-        except ResultTimeout as exc:
-            raise click.ClickException(str(exc)) from None
     record = job.info()
     if as_json:
         click.echo(json.dumps(record.as_dict(), indent=2))

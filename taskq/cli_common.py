@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import redis
 
 from . import demo as demo_tasks
 from .app import App
 from .config import ConfigError, Settings, mask_url
+from .connection import REDIS_ERRORS
 from .job import JobNotFound
 from .worker.master import WorkerError
 
@@ -47,7 +47,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (ConfigError, WorkerError, JobNotFound) as exc:
             raise click.ClickException(str(exc)) from None
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             url = mask_url(
                 kwargs.get("redis_url") or os.environ.get("TASKQ_REDIS_URL") or Settings().redis_url
             )

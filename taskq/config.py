@@ -9,7 +9,6 @@ import dataclasses
 import math
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,38 +105,37 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+_WHOLE = ("concurrency", "result_ttl", "dead_retention", "processes")
+
+
 def _parse(name: str, var: str, raw: str) -> Any:
     try:
         if name == "queues":
             return tuple(q.strip() for q in raw.split(",") if q.strip())
-        if name in ("concurrency", "result_ttl", "dead_retention"):
+        if name in _WHOLE:
             return int(raw)
         if name in ("grace", "heartbeat_timeout"):
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a number") from None
+        kind = "whole number" if name in _WHOLE else "number"
+        raise ConfigError(f"{var}={raw!r} is not a {kind}") from None
     return raw
 
 
+_PASSWORD_ARG = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for logs and errors."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        if has_password:
-            netloc = f"{user}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{k}={'***' if k.lower() == 'password' else v}" for k, v in pairs)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    masked = f"{parts.scheme}://{netloc}{parts.path}"
-    return (
-        masked + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
-    )
+    """The URL with any password replaced by ``***``: safe for logs and errors.
+
+    Everything up to the last ``@`` after the scheme is user info, whatever characters
+    the password holds; only the user name before the first ``:`` is kept.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _PASSWORD_ARG.sub(r"\1***", url)
+    userinfo, at, host = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{host}" if colon else rest
+    return scheme + "://" + _PASSWORD_ARG.sub(r"\1***", rest)

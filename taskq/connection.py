@@ -60,6 +60,12 @@ def _memory_client_classes() -> tuple[type[Any], type[Any]]:
     return MemoryRedis, fakeredis.FakeAsyncRedis
 
 
+#: What a Redis client raises when Redis is unreachable or refuses a command.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
 _CLIENT_OPTIONS: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_keepalive": True,
@@ -75,7 +81,8 @@ def cluster_node_url(url: str) -> str | None:
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> redis.Redis:
-    """A synchronous client for ``url``. No I/O happens until the first command."""
+    """A synchronous client for ``url``. No I/O happens until the first command,
+    except for a cluster client, which discovers the cluster's nodes at once."""
     if is_memory(url):
         sync_cls, _ = _memory_client_classes()
         client: redis.Redis = sync_cls(server=_memory_server(url))

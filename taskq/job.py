@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 if TYPE_CHECKING:
     from .app import App
 
-R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 #: Statuses after which a job's record no longer changes.
 FINAL = frozenset({"done", "failed"})
@@ -33,6 +33,9 @@ class JobFailed(JobError):
         self.remote_traceback = remote_traceback
         if remote_traceback:
             self.add_note(f"Remote traceback (job {job_id}):\n{remote_traceback.rstrip()}")
+
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[str, str, str]]:
+        return (type(self), (self.job_id, self.error, self.remote_traceback))
 
 
 class ResultTimeout(JobError, TimeoutError):
@@ -90,7 +93,7 @@ class JobRecord:
         return self.result
 
 
-class Job(Generic[R]):
+class Job(Generic[R_co]):
     """A pushed job. Cheap to make: ``app.job(id)`` gives a handle on any job id."""
 
     __slots__ = ("app", "id")
@@ -119,7 +122,7 @@ class Job(Generic[R]):
         """``queued``, ``active``, ``done`` or ``failed``."""
         return self.info().status
 
-    def result(self, timeout: float | None = None) -> R:
+    def result(self, timeout: float | None = None) -> R_co:
         """Wait for the job and return its result, or raise :class:`JobFailed`.
 
         Raises :class:`ResultTimeout` after ``timeout`` seconds (None: wait forever).
@@ -129,7 +132,7 @@ class Job(Generic[R]):
         done, _ = wait([self], timeout=timeout)
         if not done:
             raise ResultTimeout(f"job {self.id} did not finish within {timeout}s")
-        value: R = self.info().outcome()
+        value: R_co = self.info().outcome()
         return value
 
     # -- asyncio ---------------------------------------------------------------------
@@ -142,11 +145,11 @@ class Job(Generic[R]):
     async def astatus(self) -> str:
         return (await self.ainfo()).status
 
-    async def aresult(self, timeout: float | None = None) -> R:
+    async def aresult(self, timeout: float | None = None) -> R_co:
         from .waiting import async_wait
 
         done, _ = await async_wait([self], timeout=timeout)
         if not done:
             raise ResultTimeout(f"job {self.id} did not finish within {timeout}s")
-        value: R = (await self.ainfo()).outcome()
+        value: R_co = (await self.ainfo()).outcome()
         return value

@@ -91,7 +91,7 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     except UnicodeDecodeError as exc:
         raise BadPayload(f"payload is not UTF-8: {exc}") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -126,6 +126,13 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a 64-bit float")
+    return value
 
 
 def peek_id(raw: bytes) -> str | None:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .job import FINAL, Job, JobFailed, JobNotFound, JobRecord, ResultTimeout
 
-FIRST_COMPLETED = "FIRST_COMPLETED"
-FIRST_EXCEPTION = "FIRST_EXCEPTION"
-ALL_COMPLETED = "ALL_COMPLETED"
+FIRST_COMPLETED: Final = "FIRST_COMPLETED"
+FIRST_EXCEPTION: Final = "FIRST_EXCEPTION"
+ALL_COMPLETED: Final = "ALL_COMPLETED"
 ReturnWhen = Literal["FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
+_RETURN_WHEN = (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED)
 
 _FIRST_DELAY = 0.002
 _MAX_DELAY = 0.1
@@ -70,15 +71,16 @@ def _app_of(jobs: Sequence[Job[Any]]) -> Any:
     return jobs[0].app
 
 
+def _check(return_when: str) -> None:
+    if return_when not in _RETURN_WHEN:
+        raise ValueError(f"invalid return_when {return_when!r}: use one of {_RETURN_WHEN}")
+
+
 def _stop(status: str, return_when: str) -> bool:
     """Whether a wait ends now that a job finished with ``status``."""
     if return_when == FIRST_COMPLETED:
         return True
-    if return_when == FIRST_EXCEPTION:
-        return status == "failed"
-    if return_when == ALL_COMPLETED:
-        return False
-    raise ValueError(f"invalid return_when {return_when!r}")
+    return return_when == FIRST_EXCEPTION and status == "failed"
 
 
 # -- blocking ------------------------------------------------------------------------
@@ -110,6 +112,7 @@ def wait(
     return_when: ReturnWhen = "ALL_COMPLETED",
 ) -> tuple[set[Job[Any]], set[Job[Any]]]:
     """Wait for jobs as ``asyncio.wait`` does; returns ``(done, pending)`` sets."""
+    _check(return_when)
     jobs = list(jobs)
     done: set[Job[Any]] = set()
     try:
@@ -198,6 +201,7 @@ async def async_wait(
     return_when: ReturnWhen = "ALL_COMPLETED",
 ) -> tuple[set[Job[Any]], set[Job[Any]]]:
     """Async form of :func:`wait`."""
+    _check(return_when)
     jobs = list(jobs)
     done: set[Job[Any]] = set()
     try:

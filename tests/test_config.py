@@ -288,20 +288,12 @@ def test_mask_url_of_an_unparseable_url_shows_nothing_of_it() -> None:
     assert "secret" not in mask_url("redis://:secret@[::1/0")
 
 
-_UNENCODED = pytest.mark.xfail(
-    reason="mask_url splits the URL with urlsplit, which ends the netloc at the first "
-    "'/', '?' or '#': an unencoded one in the password leaves no '@' in the netloc, so "
-    "the URL is returned whole -- and connect()'s 'bad Redis URL' error prints it",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param("redis://:se/cret@h:1/0", id="slash", marks=_UNENCODED),
-        pytest.param("redis://:se#cret@h:1/0", id="hash", marks=_UNENCODED),
-        pytest.param("redis://:se?cret@h:1/0", id="question-mark", marks=_UNENCODED),
+        pytest.param("redis://:se/cret@h:1/0", id="slash"),
+        pytest.param("redis://:se#cret@h:1/0", id="hash"),
+        pytest.param("redis://:se?cret@h:1/0", id="question-mark"),
     ],
 )
 def test_mask_url_hides_a_password_with_unencoded_delimiters(url: str) -> None:

@@ -28,12 +28,9 @@ from . import tasks
 
 T = TypeVar("T")
 
-# taskq.FIRST_COMPLETED and friends are typed plain `str`, so mypy refuses them as the
-# ReturnWhen Literal that wait()/async_wait() declare: the ignores below mark that bug
-# (strict mypy flags them as unused once the constants are typed Final).
-FIRST_COMPLETED: ReturnWhen = taskq.FIRST_COMPLETED  # type: ignore[assignment]
-FIRST_EXCEPTION: ReturnWhen = taskq.FIRST_EXCEPTION  # type: ignore[assignment]
-ALL_COMPLETED: ReturnWhen = taskq.ALL_COMPLETED  # type: ignore[assignment]
+FIRST_COMPLETED: ReturnWhen = taskq.FIRST_COMPLETED
+FIRST_EXCEPTION: ReturnWhen = taskq.FIRST_EXCEPTION
+ALL_COMPLETED: ReturnWhen = taskq.ALL_COMPLETED
 
 #: Plenty for a wait that must end at once; a wait that hangs to this limit fails a test.
 LONG = 10.0
@@ -149,12 +146,6 @@ def test_job_failed_without_a_remote_traceback_has_no_note() -> None:
     assert not getattr(exc, "__notes__", [])
 
 
-@pytest.mark.xfail(
-    reason="JobFailed.__init__ takes (job_id, error, remote_traceback) but passes only "
-    "(error,) to Exception, so pickle/copy rebuild it as JobFailed(error) -> TypeError: "
-    "it cannot cross a process boundary (multiprocessing, ProcessPoolExecutor)",
-    strict=True,
-)
 def test_job_failed_survives_pickling() -> None:
     exc = JobFailed("abc", "ValueError: x", "Traceback (most recent call last):\nValueError: x")
     copy = pickle.loads(pickle.dumps(exc))
@@ -360,11 +351,6 @@ def test_wait_rejects_a_bad_return_when_once_a_job_finishes(app: App) -> None:
         taskq.wait([job], timeout=LONG, return_when="FIRST")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="return_when is only checked when a job finishes (waiting._stop), so a typo "
-    "waits out the whole timeout (forever with timeout=None) instead of raising",
-    strict=True,
-)
 def test_wait_rejects_a_bad_return_when_up_front(app: App) -> None:
     job = tasks.add.push(1, 2)  # never finishes: no worker
     with pytest.raises(ValueError, match="return_when"):

@@ -13,11 +13,9 @@ import socket
 import threading
 import time
 
-import redis
-
 from ..app import App
 from ..broker import Broker
-from ..connection import connect
+from ..connection import REDIS_ERRORS, connect
 from .recovery import Recoverer
 
 log = logging.getLogger(__name__)
@@ -56,7 +54,7 @@ class Heartbeat:
                 self.worker_id, self.queues, self.info, ttl=self.settings.heartbeat_timeout
             )
             self.recoverer.sweep(self.queues)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             if not self._failing:
                 log.warning(
                     "heartbeat failed, retrying every %.1fs: %s",

@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import redis
-
 from ..abroker import AsyncBroker
 from ..app import App
 from ..broker import Broker
 from ..config import mask_url
-from ..connection import connect, connect_async
+from ..connection import REDIS_ERRORS, connect, connect_async
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
 from .loop_thread import LoopThread
@@ -146,14 +144,13 @@ class Worker:
         """Take and run jobs until stopped (or, in burst mode, until idle)."""
         previous = self._install_signals()
         url = mask_url(self.settings.redis_url)
-        client = connect(self.settings.redis_url, socket_timeout=BLOCK_SECONDS + 10)
-        self._broker = broker = Broker(client, dead_retention=self.settings.dead_retention)
         try:
+            client = connect(self.settings.redis_url, socket_timeout=BLOCK_SECONDS + 10)
             client.ping()
-        except redis.RedisError as exc:
-            client.close()
+        except REDIS_ERRORS as exc:
             self._restore_signals(previous)
             raise WorkerError(f"cannot reach Redis at {url}: {exc}") from None
+        self._broker = broker = Broker(client, dead_retention=self.settings.dead_retention)
         executor = DaemonExecutor()
         self._loop = LoopThread()
         self._loop.start()
@@ -200,7 +197,7 @@ class Worker:
             try:
                 got = self._take(broker, free)
                 backoff = 0.0
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 backoff = min(max(backoff * 2, 0.25), _MAX_BACKOFF)
                 log.warning("redis error while taking jobs (%s); retrying in %.2fs", exc, backoff)
                 self._pause(backoff)
@@ -346,7 +343,7 @@ class Worker:
         for queue in self.queues:
             try:
                 self.stats.put_back += len(broker.put_back(queue, self.id))
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.error(
                     "could not put back the unfinished jobs of queue %r (%s): they stay "
                     "in %s and are recovered once this worker's heartbeat expires",
@@ -355,7 +352,7 @@ class Worker:
                     broker.keys.active(queue, self.id),
                 )
         heartbeat.stop()
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             broker.unregister(self.id, self.queues)
         broker.client.close()
         log.info("worker %s stopped (%s): %s", self.id, reason, self.stats.summary())
