@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -332,6 +333,22 @@ def info(redis_url: str | None, as_json: bool) -> None:
             f"  {w['id']}  queues={w.get('queues', '')}  pid={w.get('pid', '')}  "
             f"heartbeat {w['heartbeat_age']:.1f}s ago"
         )
+
+
+@main.command()
+@url_option
+@click.option("--host", default=None, help="Host name of the worker (default: this host).")
+@friendly_errors
+def health(redis_url: str | None, host: str | None) -> None:
+    """Exit 0 if a worker on this host has a live heartbeat (a container healthcheck)."""
+    app = App(redis_url)
+    host = host or socket.gethostname()
+    alive_after = time.time() - app.settings.heartbeat_timeout
+    mine = [w for w in app.broker.workers(alive_after) if w.get("host") == host]
+    if not mine:
+        raise click.ClickException(f"no worker on {host} has a live heartbeat")
+    for w in mine:
+        click.echo(f"{w['id']} alive: heartbeat {w['heartbeat_age']:.1f}s ago")
 
 
 # -- demo ------------------------------------------------------------------------------

@@ -21,8 +21,27 @@ _lock = threading.Lock()
 concurrency = {"running": 0, "max": 0}
 
 
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(app.settings.redis_url)
+_clients = threading.local()
+
+
+class _Client:
+    """A Redis client per thread (and per URL), reused: tasks run thousands of times."""
+
+    def __enter__(self) -> redis.Redis:
+        url = app.settings.redis_url
+        cached = getattr(_clients, "client", None)
+        if cached is None or _clients.url != url:
+            cached = _clients.client = redis.Redis.from_url(url)
+            _clients.url = url
+        client: redis.Redis = cached
+        return client
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _client() -> _Client:
+    return _Client()
 
 
 def event(name: str) -> None:
