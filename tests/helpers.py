@@ -18,7 +18,7 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def wait_event(r: redis.Redis, name: str, timeout: float = 15) -> None:
+def wait_event(r: redis.Redis | redis.RedisCluster, name: str, timeout: float = 15) -> None:
     """Block until the next event on the `events` list, and check it is ``name``."""
     got = r.blpop(["events"], timeout=timeout)
     assert got is not None, f"no event {name!r} within {timeout}s"

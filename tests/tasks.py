@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 import taskq
+from taskq.connection import connect
 
 app = taskq.App()
 
@@ -31,7 +32,7 @@ class _Client:
         url = app.settings.redis_url
         cached = getattr(_clients, "client", None)
         if cached is None or _clients.url != url:
-            cached = _clients.client = redis.Redis.from_url(url)
+            cached = _clients.client = connect(url)
             _clients.url = url
         client: redis.Redis = cached
         return client

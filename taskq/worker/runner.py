@@ -159,7 +159,7 @@ class JobRunner:
                 payload.task,
                 attempt,
                 outcome.error,
-                outcome.due - time.time(),
+                max(0.0, outcome.due - time.time()),
             )
         else:
             log.warning(

@@ -1,0 +1,127 @@
+"""The whole job lifecycle against a real three-master Redis Cluster on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import taskq
+from taskq import App
+from taskq.keys import Keys
+
+from . import tasks
+from .helpers import start_worker, wait_event, worker_thread
+from .redis_server import RedisCluster
+
+KEYS = Keys()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    server = RedisCluster()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def capp(cluster: RedisCluster) -> Iterator[App]:
+    cluster.flush()
+    tasks.app.close()
+    tasks.app.configure(redis_url=cluster.url)
+    yield tasks.app
+    tasks.app.close()
+
+
+@pytest.fixture
+def rc(cluster: RedisCluster) -> Iterator[redis.RedisCluster]:
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    yield client
+    client.close()
+
+
+def test_keys_of_a_queue_share_one_slot_and_records_spread(rc: redis.RedisCluster) -> None:
+    q = "default"
+    slots = {
+        rc.keyslot(  # type: ignore[no-untyped-call]
+            k
+        )
+        for k in (
+            KEYS.queue(q),
+            KEYS.active(q, "w"),
+            KEYS.delayed(q),
+            KEYS.workers(q),
+            KEYS.stalls(q),
+            KEYS.stats(q),
+            KEYS.dead(q),
+            KEYS.dead_data(q),
+        )
+    }
+    assert len(slots) == 1
+    assert (
+        len(
+            {
+                rc.keyslot(  # type: ignore[no-untyped-call]
+                    KEYS.job(str(i))
+                )
+                for i in range(50)
+            }
+        )
+        > 1
+    )
+
+
+def test_push_run_results_and_failures(capp: App, rc: redis.RedisCluster) -> None:
+    jobs = tasks.add.push_many([(i, i) for i in range(50)])
+    bad = tasks.boom.push("on a cluster")
+    rc.lpush(KEYS.queue("default"), b"garbage")
+    stats = taskq.Worker(capp, burst=True, handle_signals=False).run()
+    assert (stats.done, stats.failed, stats.dead) == (50, 1, 1)
+    assert taskq.gather(*jobs, timeout=5) == [2 * i for i in range(50)]
+    with pytest.raises(taskq.JobFailed, match="on a cluster"):
+        bad.result(timeout=5)
+    dead = capp.broker.dead_letters("default")
+    assert {e["reason"] for e in dead} >= {"failed"}
+    assert len(dead) == 2
+
+
+def test_delayed_jobs_and_retries(capp: App) -> None:
+    delayed = tasks.incr.push("cluster-once", delay=0.3)
+    flaky = tasks.flaky.push("cluster-flaky", 2)
+    assert delayed.status() == "scheduled"
+    with worker_thread(capp), worker_thread(capp):
+        assert delayed.result(timeout=10) == 1
+        assert flaky.result(timeout=10) == 3
+
+
+def test_recovery_after_kill_9(capp: App, cluster: RedisCluster) -> None:
+    env = dict(os.environ, TASKQ_REDIS_URL=cluster.url, PYTHONUNBUFFERED="1")
+    events = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    fast = ["--heartbeat-timeout", "1"]
+    try:
+        with start_worker(env, *fast) as doomed, start_worker(env, *fast) as other:
+            job = tasks.stuck_first_time.push("cluster-k9")
+            wait_event(events, "start:cluster-k9:1")
+            doomed.kill()
+            wait_event(events, "start:cluster-k9:2")
+            assert job.result(timeout=15) == 2
+            other.signal(signal.SIGTERM)
+            assert other.wait() == 0, other.log
+    finally:
+        events.close()
+
+
+def test_dead_letters_can_be_retried_on_a_cluster(capp: App) -> None:
+    job = tasks.boom.push("retry me")
+    taskq.Worker(capp, burst=True, handle_signals=False).run()
+    (entry,) = capp.broker.dead_letters("default")
+    payload, _ = taskq.payload.decode(json.loads(json.dumps(entry))["payload"].encode())
+    assert capp.broker.revive("default", entry["id"], payload)
+    assert job.status() == "queued"
