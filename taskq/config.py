@@ -105,7 +105,7 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_WHOLE = ("concurrency", "result_ttl", "dead_retention", "processes")
+_WHOLE = ("concurrency", "result_ttl", "dead_retention")
 
 
 def _parse(name: str, var: str, raw: str) -> Any:
