@@ -11,10 +11,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from . import scripts
 from .broker import fields_of, is_cluster, queue_records, queue_status, text
 from .keys import Keys
 from .payload import Payload
-from .writes import WriteBuilder, Writes
+from .writes import WriteBuilder, Writes, as_apply_call, fits_apply
 
 
 class AsyncBroker:
@@ -39,22 +40,25 @@ class AsyncBroker:
 
     async def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
-        if not self.cluster:
-            pipe = self.client.pipeline(transaction=False)
-            for op in (*w.records, *w.queue):
-                op(pipe)
-            for source, keys, args in w.scripts:
-                await self._script(source)(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+        commands = w.commands()
+        if not self.cluster and not w.scripts and fits_apply(commands):
+            keys, argv = as_apply_call(commands)  # one command, one reply
+            await self._script(scripts.APPLY)(keys=keys, args=argv)
             return
-        for ops in (w.records, w.queue):
-            if ops:
-                pipe = self.client.pipeline(transaction=False)
-                for op in ops:
-                    op(pipe)
+        phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
+        pipe = self.client.pipeline(transaction=False)
+        for phase in phases:
+            for name, key, args in phase:
+                pipe.execute_command(name, key, *args)
+            if self.cluster:  # each phase a round trip of its own, in order
                 await pipe.execute()
-        for source, keys, args in w.scripts:
-            await self._script(source)(keys=keys, args=args)
+        for source, script_keys, script_args in w.scripts:
+            if self.cluster:
+                await self._script(source)(keys=script_keys, args=script_args)
+            else:
+                await self._script(source)(keys=script_keys, args=script_args, client=pipe)
+        if not self.cluster:
+            await pipe.execute()
 
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None

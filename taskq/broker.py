@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from . import scripts
 from .keys import Keys
 from .payload import Payload, dumps, peek_id
-from .writes import WriteBuilder, Writes, record_fields
+from .writes import WriteBuilder, Writes, as_apply_call, fits_apply, record_fields
 
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
@@ -77,22 +77,25 @@ class Broker:
 
     def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
-        if not self.cluster:
-            pipe = self.client.pipeline(transaction=False)
-            for op in (*w.records, *w.queue):
-                op(pipe)
-            for source, keys, args in w.scripts:
-                self._script(source)(keys=keys, args=args, client=pipe)
-            pipe.execute()
+        commands = w.commands()
+        if not self.cluster and not w.scripts and fits_apply(commands):
+            keys, argv = as_apply_call(commands)  # one command, one reply
+            self._script(scripts.APPLY)(keys=keys, args=argv)
             return
-        for ops in (w.records, w.queue):
-            if ops:
-                pipe = self.client.pipeline(transaction=False)
-                for op in ops:
-                    op(pipe)
+        phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
+        pipe = self.client.pipeline(transaction=False)
+        for phase in phases:
+            for name, key, args in phase:
+                pipe.execute_command(name, key, *args)
+            if self.cluster:  # each phase a round trip of its own, in order
                 pipe.execute()
-        for source, keys, args in w.scripts:
-            self._script(source)(keys=keys, args=args)
+        for source, script_keys, script_args in w.scripts:
+            if self.cluster:
+                self._script(source)(keys=script_keys, args=script_args)
+            else:
+                self._script(source)(keys=script_keys, args=script_args, client=pipe)
+        if not self.cluster:
+            pipe.execute()
 
     # -- producers -------------------------------------------------------------------
     def push(

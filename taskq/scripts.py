@@ -23,15 +23,6 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 
-# KEYS: active. ARGV: raw job, the same job with its id filled in. Swaps them in place.
-REPLACE = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
 # KEYS: active, dead, dead data, stats, stalls. ARGV: raw job, dead-letter id, entry
 # JSON, now, trim entries that died before this time. Adds the dead letter and takes
 # the job out of the active list in one step; returns how many old entries were trimmed.
@@ -113,4 +104,22 @@ if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
+"""
+
+# KEYS: the keys the commands touch. ARGV: commands, each as name, index of its key
+# in KEYS, number of other arguments, then those arguments. Runs a batch of simple
+# writes (HSET, EXPIRE, LREM, HINCRBY, HDEL, ...) in one call: one command to send
+# and one reply to read, however many jobs the batch covers.
+APPLY = """
+local i = 1
+local n = 0
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 2])
+  local args = {KEYS[tonumber(ARGV[i + 1])]}
+  for j = 1, count do args[j + 1] = ARGV[i + 2 + j] end
+  redis.call(ARGV[i], unpack(args))
+  i = i + 3 + count
+  n = n + 1
+end
+return n
 """

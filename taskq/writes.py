@@ -12,14 +12,17 @@ it run again rather than vanish.
   it cannot carry scripts).
 
 Many jobs' writes merge into one :class:`Writes` (see :meth:`Writes.merge`), which
-is how a worker stores a batch of outcomes in one round trip.
+is how a worker stores a batch of outcomes in one round trip. Merging moves a later
+write's commands ahead of an earlier write's scripts, so a merged batch must end
+with the first write that has scripts (:func:`take_batch`).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +30,12 @@ from . import scripts
 from .keys import Keys
 from .payload import Payload, dumps, new_id
 
-Command = Callable[[Any], Any]  # queues one command on a (sync or async) pipeline
+#: One command on one key: (name, key, other arguments), e.g. ("LREM", key, (1, raw)).
+Command = tuple[str, str, tuple[Any, ...]]
 
 
-def cmd(name: str, *args: Any, **kwargs: Any) -> Command:
-    """A command to queue later: ``cmd("lrem", key, 1, raw)``."""
-    return lambda pipe: getattr(pipe, name)(*args, **kwargs)
+def hset(key: str, fields: dict[str, Any]) -> Command:
+    return ("HSET", key, tuple(x for item in fields.items() for x in item))
 
 
 @dataclass
@@ -40,15 +43,54 @@ class Writes:
     records: list[Command] = field(default_factory=list)
     queue: list[Command] = field(default_factory=list)
     scripts: list[tuple[str, list[str], list[Any]]] = field(default_factory=list)
+    #: (hash key, field) -> increment: merged writes send one HINCRBY per counter.
+    counters: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def merge(self, other: Writes) -> Writes:
         self.records += other.records
         self.queue += other.queue
         self.scripts += other.scripts
+        self.counters.update(other.counters)
         return self
 
+    def queue_commands(self) -> list[Command]:
+        """The queue-phase commands, counters included."""
+        counts = [("HINCRBY", key, (name, n)) for (key, name), n in self.counters.items()]
+        return self.queue + counts
+
+    def commands(self) -> list[Command]:
+        """Every command but the scripts, in the order they must run."""
+        return self.records + self.queue_commands()
+
+
+#: Lua's unpack() takes a few thousand values at most: bigger commands go pipelined.
+_APPLY_MAX_ARGS = 1000
+
+
+def fits_apply(commands: Sequence[Command]) -> bool:
+    return all(len(args) < _APPLY_MAX_ARGS for _, _, args in commands)
+
+
+def as_apply_call(commands: Sequence[Command]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV that make the APPLY script run ``commands`` in one call."""
+    index: dict[str, int] = {}
+    argv: list[Any] = []
+    for name, key, args in commands:
+        position = index.setdefault(key, len(index) + 1)
+        argv += [name, position, len(args), *args]
+    return list(index), argv
+
     def __bool__(self) -> bool:
-        return bool(self.records or self.queue or self.scripts)
+        return bool(self.records or self.queue or self.scripts or self.counters)
+
+
+def take_batch(pending: list[Writes], limit: int) -> int:
+    """How many of ``pending`` (oldest first) can merge into one batch, keeping order:
+    at most ``limit``, and ending at the first one with scripts."""
+    for n, writes in enumerate(pending[:limit], 1):
+        if writes.scripts:
+            return n
+    return min(len(pending), limit)
 
 
 def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[str, Any]:
@@ -130,20 +172,20 @@ class WriteBuilder:
             fields = record_fields(payload, queue, "queued" if due is None else "scheduled")
             if due is not None:
                 fields["due_at"] = repr(due)
-            w.records.append(cmd("hset", k.job(payload.id), mapping=fields))
+            w.records.append(hset(k.job(payload.id), fields))
         raws = [raw for _, raw in jobs]
         if due is None:
-            w.queue.append(cmd("lpush", k.queue(queue), *raws))
+            w.queue.append(("LPUSH", k.queue(queue), tuple(raws)))
         else:
-            w.queue.append(cmd("zadd", k.delayed(queue), dict.fromkeys(raws, due)))
-        w.records.append(cmd("sadd", k.queues(), queue))
+            w.queue.append(("ZADD", k.delayed(queue), tuple(x for r in raws for x in (due, r))))
+        w.records.append(("SADD", k.queues(), (queue,)))
         return w
 
     def start(self, queue: str, worker: str, payload: Payload) -> Writes:
         fields = record_fields(payload, queue, "active")
         fields.update(started_at=repr(time.time()), worker=worker, attempts=payload.attempts + 1)
         key = self.keys.job(payload.id)
-        return Writes(records=[cmd("hset", key, mapping=fields)])
+        return Writes(records=[hset(key, fields)])
 
     def finish(
         self, queue: str, worker: str, raw: bytes, payload: Payload, outcome: Outcome
@@ -161,8 +203,8 @@ class WriteBuilder:
         if outcome.status == "scheduled":
             assert outcome.due is not None
             fields["due_at"] = repr(outcome.due)
-            w.records.append(cmd("hset", key, mapping=fields))
-            w.queue.append(cmd("hincrby", k.stats(queue), "retried", 1))
+            w.records.append(hset(key, fields))
+            w.counters[k.stats(queue), "retried"] += 1
             retry = payload.next_attempt().encode()
             w.scripts.append(
                 (
@@ -173,9 +215,9 @@ class WriteBuilder:
             )
             return w
         fields["finished_at"] = repr(time.time())
-        w.records.append(cmd("hset", key, mapping=fields))
-        w.records.append(cmd("expire", key, self.result_ttl))
-        w.queue.append(cmd("hincrby", k.stats(queue), outcome.status, 1))
+        w.records.append(hset(key, fields))
+        w.records.append(("EXPIRE", key, (self.result_ttl,)))
+        w.counters[k.stats(queue), outcome.status] += 1
         if outcome.status == "failed":
             entry = dead_entry(
                 queue,
@@ -188,8 +230,9 @@ class WriteBuilder:
                 attempts=payload.attempts + 1,
             )
             return w.merge(self.bury(worker, raw, entry))
-        w.queue.append(cmd("hdel", k.stalls(queue), payload.id))
-        w.queue.append(cmd("lrem", k.active(queue, worker), 1, raw))
+        if payload.attempts:  # only a job run before can have stalled
+            w.queue.append(("HDEL", k.stalls(queue), (payload.id,)))
+        w.queue.append(("LREM", k.active(queue, worker), (1, raw)))
         return w
 
     def bury(self, worker: str, raw: bytes, entry: dict[str, Any]) -> Writes:
@@ -208,7 +251,7 @@ class WriteBuilder:
         )
 
     def give_id(self, queue: str, worker: str, raw: bytes, new_raw: bytes) -> Writes:
-        """Store a job pushed without an id under the id the worker gave it."""
-        return Writes(
-            scripts=[(scripts.REPLACE, [self.keys.active(queue, worker)], [raw, new_raw])]
-        )
+        """Store a job pushed without an id under the id the worker gave it: the new
+        form goes in before the old one leaves, so the job is never out of the list."""
+        active = self.keys.active(queue, worker)
+        return Writes(queue=[("LPUSH", active, (new_raw,)), ("LREM", active, (1, raw))])

@@ -11,7 +11,7 @@ from taskq import App
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import wait_event
+from .helpers import as_text, wait_event
 from .proc import TaskqProcess
 
 KEYS = Keys()
@@ -63,10 +63,15 @@ def test_a_killed_child_is_restarted_and_its_job_recovered(
     with TaskqProcess(args, worker_env) as supervisor:
         job = tasks.stuck_first_time.push("child")
         wait_event(r, "start:child:1")
-        info = app.job(job.id).info()
-        host_pid = r.hget(KEYS.worker(info.worker or ""), "pid")
-        assert host_pid is not None
-        os.kill(int(host_pid), signal.SIGKILL)
+        # The child holding the job: the one whose active list has it.
+        holder = next(
+            as_text(key).rsplit(":", 1)[1]
+            for key in r.keys("taskq:{default}:active:*")
+            if any(job.id.encode() in raw for raw in r.lrange(key, 0, -1))
+        )
+        pid = r.hget(KEYS.worker(holder), "pid")
+        assert pid is not None
+        os.kill(int(pid), signal.SIGKILL)
         supervisor.wait_for_line(r"exited with -9; restarting")
         wait_event(r, "start:child:2")
         assert job.result(timeout=15) == 2

@@ -109,8 +109,11 @@ class Worker:
         self.stats = WorkerStats()
         self.started = threading.Event()  # set once jobs can be taken (for callers and tests)
         self._slots = threading.Condition()
-        self._running: dict[concurrent.futures.Future[str], str] = {}
-        self._completions = 0  # jobs finished (any way) so far; guarded by _slots
+        # Guarded by _slots: jobs handed to the loop and not finished, the futures of
+        # the batches they were handed over in, and jobs finished (any way) so far.
+        self._in_flight = 0
+        self._batches: set[concurrent.futures.Future[None]] = set()
+        self._completions = 0
         self._promote_at = 0.0
         self._next_due: float | None = None
         self._signals: list[str] = []
@@ -235,9 +238,8 @@ class Worker:
         self._promote_due(broker)
         for queue in self.queues:
             raws = broker.fetch(queue, self.id, free)
-            for raw in raws:
-                self._dispatch(queue, raw)
             if raws:
+                self._dispatch(queue, raws)
                 return len(raws)
         if self.burst:
             return 0
@@ -245,54 +247,50 @@ class Worker:
         for queue in self.queues:
             one = broker.fetch_blocking(queue, self.id, self._block_seconds())
             if one is not None:
-                self._dispatch(queue, one)
+                self._dispatch(queue, [one])
                 return 1
             if self.stopping:
                 break
         return 0
 
-    def _dispatch(self, queue: str, raw: bytes) -> None:
+    def _dispatch(self, queue: str, raws: list[bytes]) -> None:
+        """Hand jobs to the loop thread: one ``run_coroutine_threadsafe`` per batch
+        taken in one round trip, each job then a task of its own on the loop."""
         assert self._loop is not None
         assert self._runner is not None
         with self._slots:
-            future = self._loop.submit(self._runner.run(queue, raw))
-            self._running[future] = queue
-        future.add_done_callback(self._on_done)
+            self._in_flight += len(raws)
+            future = self._loop.submit(self._runner.run_batch(queue, raws, self._job_done))
+            self._batches.add(future)
+        future.add_done_callback(self._batch_done)
 
-    def _on_done(self, future: concurrent.futures.Future[str]) -> None:
+    def _job_done(self, status: str) -> None:
+        """Called on the loop thread as each job ends (however it ends)."""
         with self._slots:
-            self._running.pop(future, None)
+            self._in_flight -= 1
             self._completions += 1
-            if not future.cancelled():
-                exc = future.exception()
-                if exc is not None:
-                    # Writing the outcome failed (Redis down?): the job stays in the
-                    # active list and is put back at shutdown or recovered.
-                    log.error("could not record a job's outcome: %r", exc)
-                else:
-                    status = future.result()
-                    if status == "done":
-                        self.stats.done += 1
-                    elif status == "failed":
-                        self.stats.failed += 1
-                    elif status == "dead":
-                        self.stats.dead += 1
-                    elif status == "scheduled":
-                        self.stats.retried += 1
+            if status in ("done", "failed", "dead"):
+                setattr(self.stats, status, getattr(self.stats, status) + 1)
+            elif status == "scheduled":
+                self.stats.retried += 1
             self._slots.notify_all()
+
+    def _batch_done(self, future: concurrent.futures.Future[None]) -> None:
+        with self._slots:
+            self._batches.discard(future)
 
     def _wait_for_slot(self) -> int:
         """Block until a slot is free (or a stop is requested); return free slots."""
         with self._slots:
-            while len(self._running) >= self.concurrency and not self.stopping:
+            while self._in_flight >= self.concurrency and not self.stopping:
                 self._slots.wait(0.25)
-            return 0 if self.stopping else self.concurrency - len(self._running)
+            return 0 if self.stopping else self.concurrency - self._in_flight
 
     def _burst_wait(self, seen: int) -> None:
         """Queues are empty: stop if nothing runs, else wait for a job to finish
         (it may push more jobs)."""
         with self._slots:
-            if not self._running and self._completions == seen:
+            if not self._in_flight and self._completions == seen:
                 self.stop("burst: queues empty")
                 return
             while self._completions == seen and not self.stopping:
@@ -308,7 +306,7 @@ class Worker:
         """Let running jobs finish for up to ``grace`` seconds (not after a second signal)."""
         deadline = time.monotonic() + self.settings.grace
         with self._slots:
-            while self._running and not self.hard_stop:
+            while self._in_flight and not self.hard_stop:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -316,26 +314,26 @@ class Worker:
 
     def _cancel_running(self) -> None:
         with self._slots:
-            futures = list(self._running)
+            futures = list(self._batches)
         for future in futures:
             future.cancel()
         concurrent.futures.wait(futures, timeout=CANCEL_SECONDS)
 
     def _shutdown(self, broker: Broker, executor: DaemonExecutor, heartbeat: Heartbeat) -> None:
         reason = self._signals[0] if self._signals else "error"
-        if self._running:
+        if self._in_flight:
             log.info(
                 "stopping (%s): waiting up to %.0fs for %d running job(s)",
                 reason,
                 self.settings.grace,
-                len(self._running),
+                self._in_flight,
             )
         self._drain()
         self._cancel_running()
         assert self._loop is not None
         assert self._runner is not None
         try:
-            self._loop.call(self._runner.broker.client.aclose(), timeout=5)
+            self._loop.call(self._runner.close(), timeout=10)
         except Exception as exc:
             log.debug("closing the loop's redis client: %r", exc)
         self._loop.stop()

@@ -7,15 +7,15 @@ import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import redis
 
 from ..abroker import AsyncBroker
 from ..app import App, Task
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
-from ..writes import Outcome, Writes, dead_entry
+from ..writes import Outcome, dead_entry
+from .batcher import WriteBatcher
 from .executor import DaemonExecutor
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,31 @@ class JobRunner:
         self.worker_id = worker_id
         self.executor = executor
         self.writes = broker.writes
-        self.reconnects = 0
+        self.batcher = WriteBatcher(broker)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending (bounded), then close this loop's client."""
+        if not await self.batcher.drain(timeout):
+            log.error("some job writes could not be stored: those jobs run again")
+        await self.broker.client.aclose()
+
+    async def run_batch(
+        self, queue: str, raws: list[bytes], on_done: Callable[[str], None]
+    ) -> None:
+        """Run jobs taken together, each as a task of its own; ``on_done(status)`` is
+        called as each ends, also when it is cancelled ("cancelled") or its outcome
+        could not be stored ("error": it stays in the active list)."""
+        await asyncio.gather(*(self._run_reporting(queue, raw, on_done) for raw in raws))
+
+    async def _run_reporting(self, queue: str, raw: bytes, on_done: Callable[[str], None]) -> None:
+        status = "cancelled"
+        try:
+            status = await self.run(queue, raw)
+        except Exception as exc:
+            status = "error"
+            log.error("could not store a job's outcome, it will run again: %r", exc)
+        finally:
+            on_done(status)
 
     async def run(self, queue: str, raw: bytes) -> str:
         """Run the job ``raw`` taken from ``queue``; returns how it ended.
@@ -55,36 +79,21 @@ class JobRunner:
             entry = dead_entry(
                 queue, raw, f"bad payload: {exc}", job_id=peek_id(raw), error=f"BadPayload: {exc}"
             )
-            await self._redis(self.writes.bury(self.worker_id, raw, entry))
+            await self.batcher.write(self.writes.bury(self.worker_id, raw, entry))
             return "dead"
         if missing_id:
             new_raw = payload.encode()
-            await self._redis(self.writes.give_id(queue, self.worker_id, raw, new_raw))
+            self.batcher.submit(self.writes.give_id(queue, self.worker_id, raw, new_raw))
             raw = new_raw
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
-        await self._redis(self.writes.start(queue, self.worker_id, payload))
+        # Not awaited: the batcher stores it before this job's outcome, in order.
+        self.batcher.submit(self.writes.start(queue, self.worker_id, payload))
         started = time.monotonic()
         outcome = await self._outcome(task, payload, attempt)
-        await self._redis(self.writes.finish(queue, self.worker_id, raw, payload, outcome))
+        await self.batcher.write(self.writes.finish(queue, self.worker_id, raw, payload, outcome))
         self._log(payload, outcome, time.monotonic() - started, attempt)
         return outcome.status
-
-    async def _redis(self, writes: Writes) -> None:
-        """Apply ``writes``, waiting out a Redis outage with capped backoff.
-
-        A job's outcome is kept until Redis takes it; if the worker is stopped first,
-        the job is still in the active list and runs again elsewhere: never lost.
-        """
-        delay = 0.1
-        while True:
-            try:
-                return await self.broker.apply(writes)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.reconnects += 1
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
 
     async def _outcome(
         self, task: Task[Any, Any] | None, payload: Payload, attempt: int
