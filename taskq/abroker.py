@@ -15,7 +15,7 @@ from . import scripts
 from .broker import fields_of, is_cluster, queue_records, queue_status, text
 from .keys import Keys
 from .payload import Payload
-from .writes import WriteBuilder, Writes, as_apply_call, fits_apply
+from .writes import WriteBuilder, Writes, as_apply_call
 
 
 class AsyncBroker:
@@ -41,9 +41,9 @@ class AsyncBroker:
     async def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
         commands = w.commands()
-        if not self.cluster and not w.scripts and fits_apply(commands):
-            keys, argv = as_apply_call(commands)  # one command, one reply
-            await self._script(scripts.APPLY)(keys=keys, args=argv)
+        call = None if self.cluster or w.scripts else as_apply_call(commands)
+        if call is not None:  # one command, one reply
+            await self._script(scripts.APPLY)(keys=call[0], args=[call[1]])
             return
         phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
         pipe = self.client.pipeline(transaction=False)

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from . import scripts
 from .keys import Keys
 from .payload import Payload, dumps, peek_id
-from .writes import WriteBuilder, Writes, as_apply_call, fits_apply, record_fields
+from .writes import WriteBuilder, Writes, as_apply_call, record_fields
 
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
@@ -78,9 +78,9 @@ class Broker:
     def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
         commands = w.commands()
-        if not self.cluster and not w.scripts and fits_apply(commands):
-            keys, argv = as_apply_call(commands)  # one command, one reply
-            self._script(scripts.APPLY)(keys=keys, args=argv)
+        call = None if self.cluster or w.scripts else as_apply_call(commands)
+        if call is not None:  # one command, one reply
+            self._script(scripts.APPLY)(keys=call[0], args=[call[1]])
             return
         phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
         pipe = self.client.pipeline(transaction=False)

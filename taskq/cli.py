@@ -66,6 +66,14 @@ def main() -> None:
     help="Seconds running jobs get to finish on shutdown (default 20).",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    envvar="TASKQ_PREFETCH",
+    help="Jobs taken ahead of free slots, held in this worker's in-progress list "
+    "(default 0: an idle worker can take every waiting job).",
+)
+@click.option(
     "--processes",
     "-p",
     type=click.IntRange(min=1),
@@ -100,6 +108,7 @@ def worker(
     queues: tuple[str, ...],
     concurrency: int | None,
     grace: float | None,
+    prefetch: int | None,
     processes: int,
     heartbeat_timeout: float | None,
     burst: bool,
@@ -114,6 +123,7 @@ def worker(
             "--queue": ",".join(names) if names else None,
             "--concurrency": concurrency,
             "--grace": grace,
+            "--prefetch": prefetch,
             "--heartbeat-timeout": heartbeat_timeout,
             "--log-level": log_level,
         }
@@ -129,6 +139,7 @@ def worker(
         concurrency=concurrency,
         grace=grace,
         heartbeat_timeout=heartbeat_timeout,
+        prefetch=prefetch,
         burst=burst,
     ).run()
 

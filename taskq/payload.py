@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Payload:
     task: str
     args: list[Any] = field(default_factory=list)
@@ -91,7 +92,10 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     except UnicodeDecodeError as exc:
         raise BadPayload(f"payload is not UTF-8: {exc}") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        if _HUGE_EXPONENT.search(text):  # only then can a number overflow to infinity
+            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        else:
+            data = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -122,6 +126,9 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
         raise BadPayload("'attempts' must be a whole number, zero or more")
     return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts), missing_id
+
+
+_HUGE_EXPONENT = re.compile(r"[0-9][eE][+-]?[0-9]{3}")
 
 
 def _refuse_constant(name: str) -> Any:

@@ -106,20 +106,14 @@ redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: the keys the commands touch. ARGV: commands, each as name, index of its key
-# in KEYS, number of other arguments, then those arguments. Runs a batch of simple
-# writes (HSET, EXPIRE, LREM, HINCRBY, HDEL, ...) in one call: one command to send
-# and one reply to read, however many jobs the batch covers.
+# KEYS: the keys the commands touch. ARGV[1]: a JSON array of commands, each
+# [name, index of its key in KEYS, [other arguments]]. Runs a batch of simple writes
+# (HSET, EXPIRE, LREM, HINCRBY, HDEL, ...) in one call: one argument to send and one
+# reply to read, however many jobs the batch covers.
 APPLY = """
-local i = 1
-local n = 0
-while i <= #ARGV do
-  local count = tonumber(ARGV[i + 2])
-  local args = {KEYS[tonumber(ARGV[i + 1])]}
-  for j = 1, count do args[j + 1] = ARGV[i + 2 + j] end
-  redis.call(ARGV[i], unpack(args))
-  i = i + 3 + count
-  n = n + 1
+local commands = cjson.decode(ARGV[1])
+for _, c in ipairs(commands) do
+  redis.call(c[1], KEYS[c[2]], unpack(c[3]))
 end
-return n
+return #commands
 """

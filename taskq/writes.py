@@ -20,6 +20,8 @@ with the first write that has scripts (:func:`take_batch`).
 from __future__ import annotations
 
 import base64
+import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ Command = tuple[str, str, tuple[Any, ...]]
 
 
 def hset(key: str, fields: dict[str, Any]) -> Command:
-    return ("HSET", key, tuple(x for item in fields.items() for x in item))
+    return ("HSET", key, tuple(itertools.chain.from_iterable(fields.items())))
 
 
 @dataclass
@@ -67,21 +69,31 @@ class Writes:
 _APPLY_MAX_ARGS = 1000
 
 
-def fits_apply(commands: Sequence[Command]) -> bool:
-    return all(len(args) < _APPLY_MAX_ARGS for _, _, args in commands)
-
-
-def as_apply_call(commands: Sequence[Command]) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV that make the APPLY script run ``commands`` in one call."""
+def as_apply_call(commands: Sequence[Command]) -> tuple[list[str], str] | None:
+    """KEYS and the JSON argument that make the APPLY script run ``commands`` in one
+    call; None if they cannot go that way (too many arguments, or bytes that are not
+    UTF-8 text)."""
     index: dict[str, int] = {}
-    argv: list[Any] = []
+    encoded = []
     for name, key, args in commands:
-        position = index.setdefault(key, len(index) + 1)
-        argv += [name, position, len(args), *args]
-    return list(index), argv
+        if len(args) >= _APPLY_MAX_ARGS:
+            return None
+        encoded.append((name, index.setdefault(key, len(index) + 1), args))
+    try:
+        return list(index), _APPLY_JSON.encode(encoded)
+    except UnicodeDecodeError:
+        return None
 
-    def __bool__(self) -> bool:
-        return bool(self.records or self.queue or self.scripts or self.counters)
+
+def _bytes_as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    raise TypeError(f"cannot send {type(value).__name__} to Redis")
+
+
+_APPLY_JSON = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_bytes_as_text
+)
 
 
 def take_batch(pending: list[Writes], limit: int) -> int:
@@ -98,11 +110,19 @@ def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[
         "status": status,
         "task": payload.task,
         "queue": queue,
-        "args": dumps(payload.args),
-        "kwargs": dumps(payload.kwargs),
+        "args": dumps(payload.args) if payload.args else "[]",
+        "kwargs": dumps(payload.kwargs) if payload.kwargs else "{}",
         "enqueued_at": repr(payload.enqueued_at),
         "attempts": payload.attempts,
     }
+
+
+def started_fields(payload: Payload, queue: str, worker: str, started_at: float) -> dict[str, Any]:
+    """The whole record as a job starts (jobs pushed with a raw LPUSH have no record
+    before this)."""
+    fields = record_fields(payload, queue, "active")
+    fields.update(started_at=repr(started_at), worker=worker, attempts=payload.attempts + 1)
+    return fields
 
 
 def dead_entry(
@@ -181,20 +201,31 @@ class WriteBuilder:
         w.records.append(("SADD", k.queues(), (queue,)))
         return w
 
-    def start(self, queue: str, worker: str, payload: Payload) -> Writes:
-        fields = record_fields(payload, queue, "active")
-        fields.update(started_at=repr(time.time()), worker=worker, attempts=payload.attempts + 1)
-        key = self.keys.job(payload.id)
-        return Writes(records=[hset(key, fields)])
+    def start(self, queue: str, worker: str, payload: Payload, started_at: float) -> Writes:
+        return Writes(
+            records=[
+                hset(self.keys.job(payload.id), started_fields(payload, queue, worker, started_at))
+            ]
+        )
 
     def finish(
-        self, queue: str, worker: str, raw: bytes, payload: Payload, outcome: Outcome
+        self,
+        queue: str,
+        worker: str,
+        raw: bytes,
+        payload: Payload,
+        outcome: Outcome,
+        started_at: float | None = None,
     ) -> Writes:
         """Store the outcome, then release the job from the active list: to nowhere
-        (done), to the delayed set (a retry) or to the dead letters (failed)."""
+        (done), to the delayed set (a retry) or to the dead letters (failed).
+
+        ``started_at`` is given when the start was never stored on its own (a job
+        that ended quickly): the outcome then carries the start's fields too."""
         k = self.keys
         key = k.job(payload.id)
-        fields = {"status": outcome.status}
+        fields = {} if started_at is None else started_fields(payload, queue, worker, started_at)
+        fields["status"] = outcome.status
         for name in ("result", "error", "traceback"):
             value = getattr(outcome, name)
             if value is not None:

@@ -207,8 +207,9 @@ def long_sync(seconds: float, name: str) -> int:
     return run
 
 
-@app.task
+@app.task(retries=10, backoff=0.1, retry_on=(redis.ConnectionError,))
 async def incr_slowly(key: str) -> int:
+    """Retries when Redis is away: the tests restart Redis under it."""
     await asyncio.sleep(0.005)
     with _client() as c:
         return int(c.incr(key))

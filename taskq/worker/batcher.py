@@ -45,13 +45,16 @@ class WriteBatcher:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, done))
         self._ensure_flusher()
-        await asyncio.shield(done)
+        await done  # if this job is cancelled, the write still goes out
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
+        # Let every job that is ready this loop pass add its writes first: one batch
+        # for all of them instead of one for the first and one for the rest.
+        await asyncio.sleep(0)
         while self._pending:
             n = take_batch([w for w, _ in self._pending], MAX_BATCH)
             batch = self._pending[:n]

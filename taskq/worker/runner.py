@@ -25,6 +25,50 @@ T = TypeVar("T")
 _MAX_BACKOFF = 5.0
 
 
+#: A job's "active" status is stored once it has run this long; a job that ends
+#: sooner goes from "queued" to its outcome in one write (half the writes per job).
+START_RECORD_DELAY = 0.05
+
+
+class _DeferredStart:
+    """Stores a job's start after START_RECORD_DELAY, unless cancelled first."""
+
+    __slots__ = ("_handle", "_runner", "fired", "payload", "queue", "started_at")
+
+    def __init__(self, runner: JobRunner, queue: str, payload: Payload, started_at: float) -> None:
+        self._runner = runner
+        self.queue = queue
+        self.payload = payload
+        self.started_at = started_at
+        self.fired = False
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(START_RECORD_DELAY, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        r = self._runner
+        r.batcher.submit(r.writes.start(self.queue, r.worker_id, self.payload, self.started_at))
+
+    def cancel(self) -> bool:
+        """Cancel if not stored yet; True if it was not (the outcome must carry it)."""
+        if self.fired:
+            return False
+        self._handle.cancel()
+        return True
+
+
+class BadArguments(TypeError):
+    """The job's arguments do not fit the task's signature."""
+
+
+def _bad_arguments(task: Task[Any, Any], payload: Payload) -> BadArguments | None:
+    try:
+        task.signature.bind(*payload.args, **payload.kwargs)
+    except TypeError as exc:
+        return BadArguments(str(exc))
+    return None
+
+
 class JobTimeout(TimeoutError):
     """A job ran past its task's ``timeout``."""
 
@@ -33,7 +77,12 @@ class JobRunner:
     """Lives on the loop thread; owns that thread's Redis client (``broker``)."""
 
     def __init__(
-        self, app: App, broker: AsyncBroker, worker_id: str, executor: DaemonExecutor
+        self,
+        app: App,
+        broker: AsyncBroker,
+        worker_id: str,
+        executor: DaemonExecutor,
+        concurrency: int,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -41,6 +90,14 @@ class JobRunner:
         self.executor = executor
         self.writes = broker.writes
         self.batcher = WriteBatcher(broker)
+        # Jobs handed over beyond `concurrency` (the master's prefetch) wait here.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._starting = True
+
+    def stop_starting(self) -> None:
+        """Start no more jobs: those still waiting for a slot stay in the active list
+        (the master puts them back). Call on the loop thread."""
+        self._starting = False
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (bounded), then close this loop's client."""
@@ -67,11 +124,18 @@ class JobRunner:
             on_done(status)
 
     async def run(self, queue: str, raw: bytes) -> str:
-        """Run the job ``raw`` taken from ``queue``; returns how it ended.
+        """Run the job ``raw`` taken from ``queue`` once a slot is free; returns how it
+        ended ("unstarted" if the worker began stopping before it got a slot).
 
         If cancelled (shutdown), nothing more is written: the job stays in the active
         list and the master puts it back on the queue.
         """
+        async with self._slots:
+            if not self._starting:
+                return "unstarted"
+            return await self._run(queue, raw)
+
+    async def _run(self, queue: str, raw: bytes) -> str:
         try:
             payload, missing_id = decode(raw)
         except BadPayload as exc:
@@ -87,12 +151,15 @@ class JobRunner:
             raw = new_raw
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
-        # Not awaited: the batcher stores it before this job's outcome, in order.
-        self.batcher.submit(self.writes.start(queue, self.worker_id, payload))
-        started = time.monotonic()
+        started_at = time.time()
+        start = _DeferredStart(self, queue, payload, started_at)
         outcome = await self._outcome(task, payload, attempt)
-        await self.batcher.write(self.writes.finish(queue, self.worker_id, raw, payload, outcome))
-        self._log(payload, outcome, time.monotonic() - started, attempt)
+        quick = start.cancel()  # ended before its start was stored: store both at once
+        writes = self.writes.finish(
+            queue, self.worker_id, raw, payload, outcome, started_at if quick else None
+        )
+        await self.batcher.write(writes)
+        self._log(payload, outcome, time.time() - started_at, attempt)
         return outcome.status
 
     async def _outcome(
@@ -106,13 +173,11 @@ class JobRunner:
                 f"registered with this worker (registered: {names})",
             )
         try:
-            task.signature.bind(*payload.args, **payload.kwargs)
-        except TypeError as exc:
+            value = await self._call(task, payload)
+        except BadArguments as exc:
             return Outcome(
                 "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
             )
-        try:
-            value = await self._call(task, payload)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a task's SystemExit must not stop the loop thread
@@ -138,8 +203,14 @@ class JobRunner:
 
     async def _call(self, task: Task[Any, Any], payload: Payload) -> Any:
         if task.is_async:
-            coro = task.fn(*payload.args, **payload.kwargs)
+            try:  # wrong arguments fail here, before the coroutine exists
+                coro = task.fn(*payload.args, **payload.kwargs)
+            except TypeError as exc:
+                raise _bad_arguments(task, payload) or exc from None
         else:
+            bad = _bad_arguments(task, payload)  # checked here: the call is in a thread
+            if bad is not None:
+                raise bad
             # A sync task cannot be interrupted: on timeout its thread runs on and its
             # result is discarded; the executor grows a new thread for the next job.
             loop = asyncio.get_running_loop()
