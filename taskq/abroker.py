@@ -65,6 +65,21 @@ class AsyncBroker:
     ) -> None:
         await self.apply(self.writes.push(queue, jobs, due))
 
+    async def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
+        """See :meth:`taskq.broker.Broker.push_unique`."""
+        assert payload.key is not None
+        w = self.writes.push(queue, [(payload, raw)], due)
+        await self.apply(Writes(records=w.records))
+        target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
+        holder = await self._script(scripts.PUSH_UNIQUE)(
+            keys=[self.keys.unique(queue, payload.key), target],
+            args=[payload.id, raw, "" if due is None else repr(due)],
+        )
+        holder = text(holder) or ""
+        if holder != payload.id:
+            await self.client.delete(self.keys.job(payload.id))
+        return holder
+
     async def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)
         queue_status(pipe, self.keys, job_ids)

@@ -46,7 +46,7 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
     return due if due > time.time() else None
 
 
-_PUSH_OPTIONS = ("delay", "at")
+_PUSH_OPTIONS = ("delay", "at", "key")
 
 
 class Task(Generic[P, R]):
@@ -99,14 +99,21 @@ class Task(Generic[P, R]):
         return payload, payload.encode()
 
     def options(
-        self, *, delay: float | None = None, at: datetime | float | None = None
+        self,
+        *,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        key: str | None = None,
     ) -> TaskCall[P, R]:
         """Push with options, typed: ``task.options(delay=10).push(...)``.
 
         ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) holds the job back
-        until then.
+        until then. ``key`` makes the job unique: while a job with that key is queued,
+        delayed or running, pushing again returns that job instead of a new one.
         """
-        return TaskCall(self, due_time(delay, at))
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 128):
+            raise ValueError(f"key must be a non-empty string of at most 128 characters: {key!r}")
+        return TaskCall(self, due_time(delay, at), key)
 
     def _split(self, kwargs: dict[str, Any]) -> TaskCall[P, R]:
         opts = {name: kwargs.pop(name) for name in self._option_names if name in kwargs}
@@ -121,12 +128,15 @@ class Task(Generic[P, R]):
     def push(self, *args: Any, delay: float, **kwargs: Any) -> Job[R]: ...
     @overload
     def push(self, *args: Any, at: datetime | float, **kwargs: Any) -> Job[R]: ...
+    @overload
+    def push(self, *args: Any, key: str, **kwargs: Any) -> Job[R]: ...
 
     def push(self, *args: Any, **kwargs: Any) -> Job[R]:
         """Put one job on the task's queue; returns its :class:`Job` at once.
 
-        ``delay=`` (seconds) or ``at=`` (datetime or epoch seconds) hold it back until
-        then, unless the function has a parameter of that name (see :meth:`options`).
+        ``delay=`` (seconds), ``at=`` (datetime or epoch seconds) and ``key=`` (unique
+        job) are push options, unless the function has a parameter of that name
+        (see :meth:`options`).
         """
         return self._split(kwargs).push(*args, **kwargs)
 
@@ -141,6 +151,8 @@ class Task(Generic[P, R]):
     async def apush(self, *args: Any, delay: float, **kwargs: Any) -> Job[R]: ...
     @overload
     async def apush(self, *args: Any, at: datetime | float, **kwargs: Any) -> Job[R]: ...
+    @overload
+    async def apush(self, *args: Any, key: str, **kwargs: Any) -> Job[R]: ...
 
     async def apush(self, *args: Any, **kwargs: Any) -> Job[R]:
         """:meth:`push` for asyncio code."""
@@ -153,9 +165,10 @@ class Task(Generic[P, R]):
 class TaskCall(Generic[P, R]):
     """A task with push options bound; made by :meth:`Task.options`."""
 
-    def __init__(self, task: Task[P, R], due: float | None) -> None:
+    def __init__(self, task: Task[P, R], due: float | None, key: str | None = None) -> None:
         self.task = task
         self.due = due
+        self.key = key
 
     def _many(self, items: Iterable[ArgsItem]) -> list[tuple[Payload, bytes]]:
         out = []
@@ -171,23 +184,43 @@ class TaskCall(Generic[P, R]):
                 out.append(self.task.payload(item, {}))
         return out
 
+    def _one(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Payload, bytes]:
+        payload, raw = self.task.payload(args, kwargs)
+        if self.key is not None:
+            payload.key = self.key
+            raw = payload.encode()
+        return payload, raw
+
+    def _no_key(self) -> None:
+        if self.key is not None:
+            raise TypeError("key= makes one job unique: use push(), not push_many()")
+
     def push(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        job = self.task.payload(args, kwargs)
-        self.task.app.broker.push(self.task.queue, [job], self.due)
-        return Job(self.task.app, job[0].id)
+        payload, raw = self._one(args, kwargs)
+        broker = self.task.app.broker
+        if payload.key is not None:
+            return Job(self.task.app, broker.push_unique(self.task.queue, payload, raw, self.due))
+        broker.push(self.task.queue, [(payload, raw)], self.due)
+        return Job(self.task.app, payload.id)
 
     def push_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        self._no_key()
         jobs = self._many(items)
         if jobs:
             self.task.app.broker.push(self.task.queue, jobs, self.due)
         return [Job(self.task.app, p.id) for p, _ in jobs]
 
     async def apush(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        job = self.task.payload(args, kwargs)
-        await self.task.app.abroker().push(self.task.queue, [job], self.due)
-        return Job(self.task.app, job[0].id)
+        payload, raw = self._one(args, kwargs)
+        broker = self.task.app.abroker()
+        if payload.key is not None:
+            holder = await broker.push_unique(self.task.queue, payload, raw, self.due)
+            return Job(self.task.app, holder)
+        await broker.push(self.task.queue, [(payload, raw)], self.due)
+        return Job(self.task.app, payload.id)
 
     async def apush_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
+        self._no_key()
         jobs = self._many(items)
         if jobs:
             await self.task.app.abroker().push(self.task.queue, jobs, self.due)

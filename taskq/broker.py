@@ -103,6 +103,23 @@ class Broker:
     ) -> None:
         self.apply(self.writes.push(queue, jobs, due))
 
+    def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
+        """Push a job with a unique key unless a job holds the key; returns the id of
+        the job holding it (this one if pushed). The record is written first, as for
+        every push, and taken back if another job won."""
+        assert payload.key is not None
+        w = self.writes.push(queue, [(payload, raw)], due)
+        self.apply(Writes(records=w.records))
+        target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
+        holder = self._script(scripts.PUSH_UNIQUE)(
+            keys=[self.keys.unique(queue, payload.key), target],
+            args=[payload.id, raw, "" if due is None else repr(due)],
+        )
+        holder = text(holder) or ""
+        if holder != payload.id:
+            self.client.delete(self.keys.job(payload.id))
+        return holder
+
     def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)
         queue_status(pipe, self.keys, job_ids)
@@ -325,6 +342,25 @@ class Broker:
             info = fields_of(self.client.hgetall(self.keys.worker(name)))
             out.append({"id": name, "heartbeat_age": max(0.0, now - seen[name]), **info})
         return out
+
+    # -- the dashboard (read-only) ---------------------------------------------------
+    def waiting_jobs(self, queue: str, limit: int = 20) -> list[bytes]:
+        """The next jobs a worker will take from a queue, next first."""
+        return list(self.client.lrange(self.keys.queue(queue), -limit, -1))[::-1]
+
+    def delayed_jobs(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
+        """Delayed jobs and retries waiting for their backoff, soonest due first."""
+        found = self.client.zrange(self.keys.delayed(queue), 0, limit - 1, withscores=True)
+        return [(raw, float(due)) for raw, due in found]
+
+    def running_jobs(
+        self, worker: str, queues: Sequence[str], limit: int = 100
+    ) -> dict[str, list[bytes]]:
+        """The jobs in a worker's active list of each queue, oldest first."""
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.lrange(self.keys.active(q, worker), -limit, -1)
+        return {q: list(raws)[::-1] for q, raws in zip(queues, pipe.execute(), strict=True)}
 
 
 def text(value: bytes | str | None) -> str | None:

@@ -18,6 +18,8 @@ key                            type    holds / lifetime
                                        the heartbeat timeout is dead, its jobs recovered
 ``taskq:{Q}:stalls``           hash    ID -> times the job's worker died under it;
                                        removed when the job ends
+``taskq:{Q}:unique:K``         string  id of the job holding unique key K; deleted when
+                                       that job ends (done, failed, aborted)
 ``taskq:{Q}:stats``            hash    counters: done, failed, retried, stalled, dead
 ``taskq:{Q}:dead``             zset    dead-letter ID -> time it died; entries older than
                                        ``dead_retention`` are trimmed (and counted)
@@ -57,6 +59,9 @@ class Keys:
 
     def stalls(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:stalls"
+
+    def unique(self, q: str, key: str) -> str:
+        return f"{self.prefix}:{{{q}}}:unique:{key}"
 
     def stats(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:stats"

@@ -6,7 +6,8 @@ A job is one UTF-8 JSON object, pushed with ``LPUSH`` onto its queue's list::
 
 Only ``task`` is required: ``id`` defaults to a fresh one given by the worker, ``args``
 to ``[]``, ``kwargs`` to ``{}``, ``enqueued_at`` to the time the worker took it,
-``attempts`` (runs so far, counted by retries and recoveries) to ``0``. Other
+``attempts`` (runs so far, counted by retries and recoveries) to ``0``; ``key``, a
+unique-job key (see ``Task.push(key=...)``), to none. Other
 fields are ignored, so newer producers can talk to older workers. JSON only, never
 pickle: nothing read from Redis can run code, and only registered tasks run.
 """
@@ -48,6 +49,7 @@ class Payload:
     id: str = field(default_factory=new_id)
     enqueued_at: float = field(default_factory=time.time)
     attempts: int = 0
+    key: str | None = None  # a unique-job key, held until the job ends
 
     def next_attempt(self) -> Payload:
         """The same job, one more attempt along (a retry, or a recovery after a stall)."""
@@ -64,6 +66,7 @@ class Payload:
                     "kwargs": self.kwargs,
                     "enqueued_at": self.enqueued_at,
                     **({"attempts": self.attempts} if self.attempts else {}),
+                    **({"key": self.key} if self.key else {}),
                 }
             ).encode()
         except (TypeError, ValueError) as exc:
@@ -125,7 +128,10 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     attempts = data.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
         raise BadPayload("'attempts' must be a whole number, zero or more")
-    return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts), missing_id
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > _ID_MAX):
+        raise BadPayload(f"'key' must be a non-empty string of at most {_ID_MAX} characters")
+    return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts, key), missing_id
 
 
 _HUGE_EXPONENT = re.compile(r"[0-9][eE][+-]?[0-9]{3}")

@@ -117,3 +117,24 @@ for _, c in ipairs(commands) do
 end
 return #commands
 """
+
+# KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
+# Pushes the job unless another job holds the key; returns the id of the job that
+# holds it now (this one if it was pushed). Two producers racing make one job.
+PUSH_UNIQUE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+end
+return ARGV[1]
+"""
+
+# KEYS: unique key. ARGV: job id. Releases the key if this job holds it.
+RELEASE_KEY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

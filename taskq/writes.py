@@ -249,6 +249,8 @@ class WriteBuilder:
         w.records.append(hset(key, fields))
         w.records.append(("EXPIRE", key, (self.result_ttl,)))
         w.counters[k.stats(queue), outcome.status] += 1
+        if payload.key:
+            w.scripts.append(self.release_key(queue, payload))
         if outcome.status == "failed":
             entry = dead_entry(
                 queue,
@@ -265,6 +267,10 @@ class WriteBuilder:
             w.queue.append(("HDEL", k.stalls(queue), (payload.id,)))
         w.queue.append(("LREM", k.active(queue, worker), (1, raw)))
         return w
+
+    def release_key(self, queue: str, payload: Payload) -> tuple[str, list[str], list[Any]]:
+        assert payload.key is not None
+        return (scripts.RELEASE_KEY, [self.keys.unique(queue, payload.key)], [payload.id])
 
     def bury(self, worker: str, raw: bytes, entry: dict[str, Any]) -> Writes:
         """Move a job from a worker's active list to the dead letters."""

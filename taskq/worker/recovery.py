@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ..app import App
 from ..broker import Broker, stall_key
 from ..payload import BadPayload, decode
-from ..writes import dead_entry
+from ..writes import Writes, dead_entry
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Recoverer:
         task_name = None
         max_stalls = 1
         retry_raw = raw
+        payload = None
         try:
             payload, _ = decode(raw)
             task_name = payload.task
@@ -88,4 +89,6 @@ class Recoverer:
             self.poisoned += 1
             log.error("job %s %s: dead-lettered", job_id, reason)
             self.broker.note_stall(job_id, "failed", error=f"PoisonJob: {reason}")
+            if payload is not None and payload.key:
+                self.broker.apply(Writes(scripts=[self.broker.writes.release_key(queue, payload)]))
         return outcome
