@@ -2,7 +2,7 @@
 
 from .app import App, Task
 from .config import ConfigError, Settings
-from .job import Job, JobError, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .job import Job, JobAborted, JobError, JobFailed, JobNotFound, JobRecord, ResultTimeout
 from .retry import Retry
 from .waiting import (
     ALL_COMPLETED,
@@ -24,6 +24,7 @@ __all__ = [
     "App",
     "ConfigError",
     "Job",
+    "JobAborted",
     "JobError",
     "JobFailed",
     "JobNotFound",

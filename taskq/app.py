@@ -341,6 +341,7 @@ class App:
                     self._broker = Broker(
                         connect(self.settings.redis_url),
                         dead_retention=self.settings.dead_retention,
+                        result_ttl=self.settings.result_ttl,
                     )
         return self._broker
 

@@ -52,7 +52,11 @@ class Broker:
     """Synchronous verbs. Thread-safe: each command borrows a pooled connection."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys | None = None, dead_retention: int = 7 * 86_400
+        self,
+        client: redis.Redis,
+        keys: Keys | None = None,
+        dead_retention: int = 7 * 86_400,
+        result_ttl: int = 86_400,
     ) -> None:
         # redis-py's annotations assume str replies and int timeouts; taskq reads bytes
         # and blocks for fractions of a second, so the client is typed loosely here.
@@ -60,7 +64,7 @@ class Broker:
         self.keys = keys or Keys()
         self.dead_retention = dead_retention
         self.cluster = is_cluster(client)
-        self.writes = WriteBuilder(self.keys, dead_retention=dead_retention)
+        self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
         self._fetch_many = self._script(scripts.FETCH_MANY)
         self._put_back = self._script(scripts.PUT_BACK)
@@ -119,6 +123,29 @@ class Broker:
         if holder != payload.id:
             self.client.delete(self.keys.job(payload.id))
         return holder
+
+    def abort(self, job_id: str, queue: str, status: str, key: str | None) -> bool:
+        """Abort a job (see :meth:`taskq.Job.abort`); False if it had finished."""
+        if status in ("done", "failed", "aborted"):
+            return False
+        removed = self._script(scripts.ABORT)(
+            keys=[self.keys.queue(queue), self.keys.delayed(queue), self.keys.aborts(queue)],
+            args=[f'"id":{dumps(job_id)}', job_id, repr(time.time())],
+        )
+        if removed:
+            self.apply(self.writes.aborted(queue, job_id, key))
+        return True
+
+    def abort_requests(self, queue: str, forget_before: float) -> set[str]:
+        """Ids of jobs whose abort waits for a worker; requests older than
+        ``forget_before`` (their job finished or vanished meanwhile) are dropped."""
+        found = {
+            text(k) or "": float(v) for k, v in self.client.hgetall(self.keys.aborts(queue)).items()
+        }
+        stale = [job_id for job_id, at in found.items() if at < forget_before]
+        if stale:
+            self.client.hdel(self.keys.aborts(queue), *stale)
+        return set(found) - set(stale)
 
     def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
         pipe = self.client.pipeline(transaction=False)

@@ -347,6 +347,23 @@ def info(redis_url: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("job_id")
+@url_option
+@friendly_errors
+def abort(job_id: str, redis_url: str | None) -> None:
+    """Abort a job: removed if waiting, cancelled by its worker if running."""
+    job: Job[Any] = App(redis_url).job(job_id)
+    before = job.status()
+    if not job.abort():
+        raise click.ClickException(f"job {job_id} already finished ({before})")
+    after = job.status()
+    if after == "aborted":
+        click.echo(f"job {job_id} aborted")
+    else:
+        click.echo(f"job {job_id} is {after}: its worker cancels it within a second")
+
+
+@main.command()
 @url_option
 @click.option("--host", default=None, help="Host name of the worker (default: this host).")
 @friendly_errors

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 R_co = TypeVar("R_co", covariant=True)
 
 #: Statuses after which a job's record no longer changes.
-FINAL = frozenset({"done", "failed"})
+FINAL = frozenset({"done", "failed", "aborted"})
+#: Final statuses that make result() raise.
+UNSUCCESSFUL = frozenset({"failed", "aborted"})
 
 
 class JobError(Exception):
@@ -38,6 +40,10 @@ class JobFailed(JobError):
         return (type(self), (self.job_id, self.error, self.remote_traceback))
 
 
+class JobAborted(JobFailed):
+    """The job was aborted (``job.abort()`` / ``taskq abort``) before it finished."""
+
+
 class ResultTimeout(JobError, TimeoutError):
     """The job did not finish within the time given to wait for it."""
 
@@ -60,6 +66,7 @@ class JobRecord:
     result: Any
     error: str | None
     traceback: str | None
+    key: str | None = None
 
     @classmethod
     def from_fields(cls, job_id: str, f: dict[str, str]) -> JobRecord:
@@ -81,6 +88,7 @@ class JobRecord:
             result=json.loads(f["result"]) if f.get("result") else None,
             error=f.get("error") or None,
             traceback=f.get("traceback") or None,
+            key=f.get("key") or None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,6 +96,8 @@ class JobRecord:
 
     def outcome(self) -> Any:
         """The return value; raises :class:`JobFailed` if the job failed."""
+        if self.status == "aborted":
+            raise JobAborted(self.id, self.error or "Aborted", self.traceback or "")
         if self.status == "failed":
             raise JobFailed(self.id, self.error or "failed", self.traceback or "")
         return self.result
@@ -134,6 +144,13 @@ class Job(Generic[R_co]):
             raise ResultTimeout(f"job {self.id} did not finish within {timeout}s")
         value: R_co = self.info().outcome()
         return value
+
+    def abort(self) -> bool:
+        """Abort the job: a queued or delayed job is removed at once; a running one is
+        cancelled by its worker within a second (a sync job cannot be interrupted: its
+        result is discarded). False if the job had already finished."""
+        record = self.info()
+        return self.app.broker.abort(self.id, record.queue, record.status, record.key)
 
     # -- asyncio ---------------------------------------------------------------------
     async def ainfo(self) -> JobRecord:

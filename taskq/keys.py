@@ -20,7 +20,11 @@ key                            type    holds / lifetime
                                        removed when the job ends
 ``taskq:{Q}:unique:K``         string  id of the job holding unique key K; deleted when
                                        that job ends (done, failed, aborted)
-``taskq:{Q}:stats``            hash    counters: done, failed, retried, stalled, dead
+``taskq:{Q}:aborts``           hash    ID -> time an abort was asked for a job that was
+                                       not waiting (running, or taken): its worker
+                                       cancels it; entries go when handled, or after a day
+``taskq:{Q}:stats``            hash    counters: done, failed, retried, stalled, dead,
+                                       aborted
 ``taskq:{Q}:dead``             zset    dead-letter ID -> time it died; entries older than
                                        ``dead_retention`` are trimmed (and counted)
 ``taskq:{Q}:dead:data``        hash    dead-letter ID -> JSON: reason, error, traceback,
@@ -62,6 +66,9 @@ class Keys:
 
     def unique(self, q: str, key: str) -> str:
         return f"{self.prefix}:{{{q}}}:unique:{key}"
+
+    def aborts(self, q: str) -> str:
+        return f"{self.prefix}:{{{q}}}:aborts"
 
     def stats(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:stats"

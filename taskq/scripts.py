@@ -138,3 +138,24 @@ RELEASE_KEY = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: queue, delayed, aborts. ARGV: the text `"id":"<job id>"`, job id, now.
+# Removes a waiting job (queued or delayed) and returns 1; otherwise records the
+# abort for the worker that has the job and returns 0. Scans the queue: an admin
+# operation, linear in the queue's length.
+ABORT = """
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.find(raw, ARGV[1], 1, true) then
+    redis.call('LREM', KEYS[1], 1, raw)
+    return 1
+  end
+end
+for _, raw in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.find(raw, ARGV[1], 1, true) then
+    redis.call('ZREM', KEYS[2], raw)
+    return 1
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+return 0
+"""

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Final, Literal
 
-from .job import FINAL, Job, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .job import FINAL, UNSUCCESSFUL, Job, JobFailed, JobNotFound, JobRecord, ResultTimeout
 
 FIRST_COMPLETED: Final = "FIRST_COMPLETED"
 FIRST_EXCEPTION: Final = "FIRST_EXCEPTION"
@@ -80,7 +80,7 @@ def _stop(status: str, return_when: str) -> bool:
     """Whether a wait ends now that a job finished with ``status``."""
     if return_when == FIRST_COMPLETED:
         return True
-    return return_when == FIRST_EXCEPTION and status == "failed"
+    return return_when == FIRST_EXCEPTION and status in UNSUCCESSFUL
 
 
 # -- blocking ------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _results(
     parsed = [JobRecord.from_fields(j.id, f) for j, f in zip(jobs, records, strict=True)]
     if not return_exceptions:
         for record in parsed:
-            if record.status == "failed":
+            if record.status in UNSUCCESSFUL:
                 record.outcome()  # raises JobFailed
     if pending:
         raise ResultTimeout(f"{len(pending)} job(s) did not finish within {timeout}s")

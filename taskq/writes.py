@@ -114,6 +114,7 @@ def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[
         "kwargs": dumps(payload.kwargs) if payload.kwargs else "{}",
         "enqueued_at": repr(payload.enqueued_at),
         "attempts": payload.attempts,
+        **({"key": payload.key} if payload.key else {}),
     }
 
 
@@ -165,7 +166,7 @@ def entry_payload(entry: dict[str, Any]) -> bytes:
 class Outcome:
     """How one run of a job ended."""
 
-    status: str  # "done", "failed" (for good: dead-lettered) or "scheduled" (a retry)
+    status: str  # "done", "failed" (for good: dead-lettered), "scheduled" (a retry), "aborted"
     result: str | None = None  # JSON of the return value
     error: str | None = None  # "ExcType: message"
     traceback: str | None = None
@@ -251,6 +252,8 @@ class WriteBuilder:
         w.counters[k.stats(queue), outcome.status] += 1
         if payload.key:
             w.scripts.append(self.release_key(queue, payload))
+        if outcome.status == "aborted":
+            w.queue.append(("HDEL", k.aborts(queue), (payload.id,)))
         if outcome.status == "failed":
             entry = dead_entry(
                 queue,
@@ -270,7 +273,28 @@ class WriteBuilder:
 
     def release_key(self, queue: str, payload: Payload) -> tuple[str, list[str], list[Any]]:
         assert payload.key is not None
-        return (scripts.RELEASE_KEY, [self.keys.unique(queue, payload.key)], [payload.id])
+        return self.release(queue, payload.key, payload.id)
+
+    def release(self, queue: str, key: str, job_id: str) -> tuple[str, list[str], list[Any]]:
+        return (scripts.RELEASE_KEY, [self.keys.unique(queue, key)], [job_id])
+
+    def aborted(self, queue: str, job_id: str, key: str | None) -> Writes:
+        """The record of a job aborted before a worker took it."""
+        fields = {
+            "status": "aborted",
+            "error": "Aborted before it ran",
+            "finished_at": repr(time.time()),
+        }
+        w = Writes(
+            records=[
+                hset(self.keys.job(job_id), fields),
+                ("EXPIRE", self.keys.job(job_id), (self.result_ttl,)),
+            ]
+        )
+        w.counters[self.keys.stats(queue), "aborted"] += 1
+        if key:
+            w.scripts.append(self.release(queue, key, job_id))
+        return w
 
     def bury(self, worker: str, raw: bytes, entry: dict[str, Any]) -> Writes:
         """Move a job from a worker's active list to the dead letters."""

@@ -37,6 +37,7 @@ class Heartbeat:
         self._broker = Broker(
             connect(self.settings.redis_url, socket_timeout=5),
             dead_retention=self.settings.dead_retention,
+            result_ttl=self.settings.result_ttl,
         )
         self.recoverer = Recoverer(app, self._broker, self.settings.heartbeat_timeout, worker_id)
         self._thread = threading.Thread(target=self._run, name="taskq-heartbeat", daemon=True)

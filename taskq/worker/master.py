@@ -52,6 +52,11 @@ BLOCK_SECONDS = 1.0
 #: worker's hands is a job an idle worker cannot run, and measured throughput did
 #: not improve with more (fetches are batched by free slots already).
 DEFAULT_PREFETCH = 0
+#: How often the master looks for abort requests (a running job is cancelled within
+#: about this long), and how long an unclaimed request is kept.
+ABORT_POLL = 0.5
+ABORT_POLL_IDLE = 5.0  # with nothing running, only jobs waiting can be aborted
+ABORT_FORGET = 86_400.0
 #: While busy, how often the master looks for due delayed jobs.
 PROMOTE_EVERY = 0.1
 #: After the grace period, how long cancelled jobs get to unwind.
@@ -69,6 +74,7 @@ class WorkerStats:
     failed: int = 0
     dead: int = 0
     retried: int = 0
+    aborted: int = 0
     put_back: int = 0
 
     def summary(self) -> str:
@@ -125,6 +131,8 @@ class Worker:
         self._batches: set[concurrent.futures.Future[None]] = set()
         self._completions = 0
         self._promote_at = 0.0
+        self._aborts_at = self._aborts_busy_at = 0.0
+        self._had_aborts = False
         self._next_due: float | None = None
         self._signals: list[str] = []
         self._stop_reason: str | None = None
@@ -163,7 +171,9 @@ class Worker:
         except REDIS_ERRORS as exc:
             self._restore_signals(previous)
             raise WorkerError(f"cannot reach Redis at {url}: {exc}") from None
-        self._broker = broker = Broker(client, dead_retention=self.settings.dead_retention)
+        self._broker = broker = Broker(
+            client, dead_retention=self.settings.dead_retention, result_ttl=self.settings.result_ttl
+        )
         executor = DaemonExecutor()
         self._loop = LoopThread()
         self._loop.start()
@@ -203,11 +213,12 @@ class Worker:
     def _fetch_loop(self, broker: Broker) -> None:
         backoff = 0.0
         while not self.stopping:
-            free = self._wait_for_slot()
-            if free == 0:
-                continue
+            free = self._wait_for_slot(ABORT_POLL)
             seen = self._completions
             try:
+                self._poll_aborts(broker)  # also while every slot is busy
+                if free == 0:
+                    continue
                 got = self._take(broker, free)
                 backoff = 0.0
             except REDIS_ERRORS as exc:
@@ -236,9 +247,29 @@ class Worker:
             now + PROMOTE_EVERY if next_due is None else min(next_due, now + PROMOTE_EVERY)
         )
 
+    def _poll_aborts(self, broker: Broker) -> None:
+        """Pass pending abort requests to the loop: every ABORT_POLL seconds while jobs
+        run, every ABORT_POLL_IDLE seconds otherwise."""
+        now = time.time()
+        if now < self._aborts_at and not (self._in_flight and now >= self._aborts_busy_at):
+            return
+        self._aborts_at = now + ABORT_POLL_IDLE
+        self._aborts_busy_at = now + ABORT_POLL
+        requested: set[str] = set()
+        for queue in self.queues:
+            requested |= broker.abort_requests(queue, now - ABORT_FORGET)
+        if requested or self._had_aborts:
+            assert self._loop is not None
+            assert self._runner is not None
+            self._loop.loop.call_soon_threadsafe(self._runner.abort, requested)
+        self._had_aborts = bool(requested)
+
     def _block_seconds(self) -> float:
-        """How long to block in Redis: about a second, less if a delayed job is due."""
+        """How long to block in Redis: about a second; less if a delayed job is due,
+        or while jobs run (so that an abort reaches them within a second)."""
         timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
+        if self._in_flight:
+            timeout = min(timeout, ABORT_POLL)
         if self._next_due is not None:
             timeout = min(timeout, self._next_due - time.time())
         return max(timeout, 0.01)  # 0 would block forever
@@ -282,7 +313,7 @@ class Worker:
         with self._slots:
             self._in_flight -= 1
             self._completions += 1
-            if status in ("done", "failed", "dead"):
+            if status in ("done", "failed", "dead", "aborted"):
                 setattr(self.stats, status, getattr(self.stats, status) + 1)
             elif status == "scheduled":
                 self.stats.retried += 1
@@ -293,13 +324,16 @@ class Worker:
         with self._slots:
             self._batches.discard(future)
 
-    def _wait_for_slot(self) -> int:
-        """Block until a slot is free (or a stop is requested); return free slots."""
+    def _wait_for_slot(self, timeout: float) -> int:
+        """Block until enough slots are free, a stop is requested or ``timeout``
+        passes; return the free slots (0 if stopping)."""
+        deadline = time.monotonic() + timeout
         with self._slots:
             while self.capacity - self._in_flight < self._refill and not self.stopping:
-                if not self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                self._slots.wait(0.25)
+                self._slots.wait(min(left, 0.25))
             return 0 if self.stopping else self.capacity - self._in_flight
 
     def _burst_wait(self, seen: int) -> None:

@@ -93,6 +93,15 @@ class JobRunner:
         # Jobs handed over beyond `concurrency` (the master's prefetch) wait here.
         self._slots = asyncio.Semaphore(concurrency)
         self._starting = True
+        self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
+        self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
+
+    def abort(self, job_ids: set[str]) -> None:
+        """Cancel the running jobs among ``job_ids``; jobs not started yet are dropped
+        when they come up. Call on the loop thread with every pending abort request."""
+        self._aborting = job_ids
+        for job_id in job_ids & self._current.keys():
+            self._current[job_id].cancel()
 
     def stop_starting(self) -> None:
         """Start no more jobs: those still waiting for a slot stay in the active list
@@ -149,11 +158,17 @@ class JobRunner:
             new_raw = payload.encode()
             self.batcher.submit(self.writes.give_id(queue, self.worker_id, raw, new_raw))
             raw = new_raw
+        if payload.id in self._aborting:
+            aborted = Outcome("aborted", error="Aborted before it ran")
+            await self.batcher.write(
+                self.writes.finish(queue, self.worker_id, raw, payload, aborted)
+            )
+            return "aborted"
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
         started_at = time.time()
         start = _DeferredStart(self, queue, payload, started_at)
-        outcome = await self._outcome(task, payload, attempt)
+        outcome = await self._outcome_or_abort(task, payload, attempt)
         quick = start.cancel()  # ended before its start was stored: store both at once
         writes = self.writes.finish(
             queue, self.worker_id, raw, payload, outcome, started_at if quick else None
@@ -161,6 +176,25 @@ class JobRunner:
         await self.batcher.write(writes)
         self._log(payload, outcome, time.time() - started_at, attempt)
         return outcome.status
+
+    async def _outcome_or_abort(
+        self, task: Task[Any, Any] | None, payload: Payload, attempt: int
+    ) -> Outcome:
+        """The job's outcome, or "aborted" if its abort cancelled it (a shutdown's
+        cancellation goes on up: the job is put back)."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._current[payload.id] = me
+        try:
+            return await self._outcome(task, payload, attempt)
+        except asyncio.CancelledError:
+            if payload.id not in self._aborting or not self._starting:
+                raise
+            me.uncancel()
+            # A sync job's thread cannot be stopped: it runs on, its result discarded.
+            return Outcome("aborted", error="Aborted while running")
+        finally:
+            del self._current[payload.id]
 
     async def _outcome(
         self, task: Task[Any, Any] | None, payload: Payload, attempt: int

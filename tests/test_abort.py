@@ -1,0 +1,79 @@
+"""Aborting jobs: waiting ones are removed, running ones cancelled by their worker."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+import taskq
+from taskq import App
+from taskq.cli import main
+from taskq.keys import Keys
+
+from . import tasks
+from .helpers import start_worker, wait_event
+
+KEYS = Keys()
+
+
+def test_queued_and_delayed_jobs_are_removed_and_others_untouched(app: App, r: redis.Redis) -> None:
+    before, target, after = (tasks.add.push(i, i) for i in range(3))
+    delayed = tasks.add.push(5, 5, delay=3600, key="held")
+    assert target.abort() is True
+    assert delayed.abort() is True
+    assert (target.status(), delayed.status()) == ("aborted", "aborted")
+    assert r.llen(KEYS.queue("default")) == 2
+    assert r.zcard(KEYS.delayed("default")) == 0
+    assert r.get(KEYS.unique("default", "held")) is None, "an aborted job frees its key"
+    with pytest.raises(taskq.JobAborted):
+        target.result(timeout=1)
+    stats = taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert stats.done == 2
+    assert (before.result(timeout=1), after.result(timeout=1)) == (0, 4)
+    assert target.abort() is False, "already finished"
+
+
+def test_running_async_job_is_cancelled_within_a_second(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env, "--concurrency", "2") as worker:
+        long = tasks.slow.push(600, name="runaway")
+        wait_event(r, "start:runaway")
+        assert long.abort() is True
+        with pytest.raises(taskq.JobAborted, match="Aborted while running"):
+            long.result(timeout=5)
+        # The worker goes on: the next job runs, and nothing was lost or duplicated.
+        assert tasks.add.push(2, 3).result(timeout=5) == 5
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
+    assert "0 put back" in worker.log
+    assert r.hlen(KEYS.aborts("default")) == 0
+    assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_running_sync_job_is_recorded_aborted_and_its_result_discarded(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    with start_worker(worker_env, "--grace", "1") as worker:
+        job = tasks.long_sync.push(3, name="sync-abort")
+        wait_event(r, "start:sync-abort:1")
+        job.abort()
+        with pytest.raises(taskq.JobAborted):
+            job.result(timeout=5)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
+    assert job.status() == "aborted"
+
+
+def test_abort_from_the_cli(app: App) -> None:
+    job = tasks.add.push(1, 1)
+    env = {"TASKQ_REDIS_URL": app.settings.redis_url}
+    out = CliRunner().invoke(main, ["abort", job.id], env=env)
+    assert out.exit_code == 0, out.output
+    assert f"job {job.id} aborted" in out.output
+    again = CliRunner().invoke(main, ["abort", job.id], env=env)
+    assert again.exit_code == 1
+    assert "already finished (aborted)" in again.output
