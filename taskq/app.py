@@ -15,6 +15,7 @@ from .abroker import AsyncBroker
 from .broker import Broker
 from .config import ConfigError, Settings, check_queue_name
 from .connection import connect, connect_async
+from .cron import CronJob
 from .job import Job
 from .payload import Payload
 from .retry import RetryPolicy
@@ -248,6 +249,7 @@ class App:
             raise ConfigError("give either settings= or redis_url/options, not both")
         self.settings = settings or Settings.from_env(redis_url=redis_url, **options)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, CronJob] = {}
         self._broker: Broker | None = None
         self._abrokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = (
             weakref.WeakKeyDictionary()
@@ -319,6 +321,34 @@ class App:
 
         if fn is not None:
             return register(fn)
+        return register
+
+    def cron(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        tz: str = "UTC",
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        **task_options: Any,
+    ) -> _Decorator:
+        """Run the decorated function on a schedule, as a task (``task_options`` as
+        for :meth:`task`): ``@app.cron("*/5 * * * *")``. Six fields make the last one
+        seconds. Workers of this app run the schedule; each tick runs once."""
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or fn.__name__
+            # Check the schedule and its arguments before registering anything.
+            job = CronJob(task_name, spec, task_name, tz, tuple(args), dict(kwargs or {}))
+            try:
+                inspect.signature(fn).bind(*job.args, **job.kwargs)
+            except TypeError as exc:
+                raise TypeError(f"cron {task_name!r}: bad arguments: {exc}") from None
+            task: Task[Any, Any] = self.task(name=task_name, **task_options)(fn)
+            self.schedules[task.name] = job
+            return task
+
         return register
 
     def configure(self, **changes: Any) -> None:

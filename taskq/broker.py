@@ -124,6 +124,24 @@ class Broker:
             self.client.delete(self.keys.job(payload.id))
         return holder
 
+    def claim_tick(self, name: str, tick: float, worker: str, ttl: float) -> bool:
+        """Claim one tick of a cron schedule; only one claimer ever succeeds."""
+        return bool(
+            self.client.set(self.keys.cron_tick(name, tick), worker, nx=True, ex=max(1, int(ttl)))
+        )
+
+    def publish_schedules(self, schedules: dict[str, dict[str, Any]]) -> None:
+        if schedules:
+            self.client.hset(
+                self.keys.cron(), mapping={name: dumps(info) for name, info in schedules.items()}
+            )
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return sorted(
+            (json.loads(v) for v in self.client.hvals(self.keys.cron())),
+            key=lambda info: str(info["name"]),
+        )
+
     def abort(self, job_id: str, queue: str, status: str, key: str | None) -> bool:
         """Abort a job (see :meth:`taskq.Job.abort`); False if it had finished."""
         if status in ("done", "failed", "aborted"):

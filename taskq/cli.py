@@ -328,8 +328,11 @@ def info(redis_url: str | None, as_json: bool) -> None:
     alive_after = time.time() - app.settings.heartbeat_timeout
     queues = [broker.queue_info(q, alive_after) for q in broker.queue_names()]
     workers = broker.workers(alive_after)
+    schedules = broker.schedules()
     if as_json:
-        click.echo(json.dumps({"queues": queues, "workers": workers}, indent=2))
+        click.echo(
+            json.dumps({"queues": queues, "workers": workers, "schedules": schedules}, indent=2)
+        )
         return
     click.echo(f"redis: {mask_url(app.settings.redis_url)}")
     columns = ("queued", "in_progress", "delayed", "done", "failed", "retried", "dead")
@@ -338,6 +341,12 @@ def info(redis_url: str | None, as_json: bool) -> None:
         click.echo(f"{q['queue']:<20}" + "".join(f"{q[c]:>12}" for c in columns))
     if not queues:
         click.echo("(no queues yet)")
+    for cron in schedules:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cron["next_run"]))
+        click.echo(
+            f"cron {cron['name']}: {cron['spec']} ({cron['tz']}) -> {cron['task']}, "
+            f"next run {when} UTC"
+        )
     click.echo(f"workers alive: {len(workers)}")
     for w in workers:
         click.echo(

@@ -30,6 +30,9 @@ key                            type    holds / lifetime
 ``taskq:{Q}:dead:data``        hash    dead-letter ID -> JSON: reason, error, traceback,
                                        attempts and the job's raw payload
 ``taskq:queues``               set     names of queues that ever had a job pushed
+``taskq:cron``                 hash    schedule name -> JSON: spec, task, next run
+``taskq:cron:NAME:T``          string  the worker that claimed tick T of schedule NAME;
+                                       expires after two periods (at least an hour)
 ``taskq:job:ID``               hash    the job's record (status, task, args, times,
                                        worker, result or error); expires ``result_ttl``
                                        seconds after the job ends
@@ -78,6 +81,12 @@ class Keys:
 
     def dead_data(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:dead:data"
+
+    def cron(self) -> str:
+        return f"{self.prefix}:cron"
+
+    def cron_tick(self, name: str, tick: float) -> str:
+        return f"{self.prefix}:cron:{name}:{int(tick)}"
 
     def queues(self) -> str:
         return f"{self.prefix}:queues"

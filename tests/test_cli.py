@@ -291,7 +291,7 @@ def test_info_of_an_empty_redis(worker_env: dict[str, str]) -> None:
     assert "(no queues yet)" in out.stdout
     assert "workers alive: 0" in out.stdout
     as_json = taskq_cli(worker_env, "info", "--json")
-    assert json.loads(as_json.stdout) == {"queues": [], "workers": []}
+    assert json.loads(as_json.stdout) == {"queues": [], "workers": [], "schedules": []}
 
 
 def test_info_shows_live_workers_and_jobs_in_progress(

@@ -39,6 +39,7 @@ from ..app import App
 from ..broker import Broker
 from ..config import mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
+from ..cron import Scheduler
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
 from .loop_thread import LoopThread
@@ -132,6 +133,8 @@ class Worker:
         self._completions = 0
         self._promote_at = 0.0
         self._aborts_at = self._aborts_busy_at = 0.0
+        schedules = list(app.schedules.values())
+        self._cron = Scheduler(schedules) if schedules else None
         self._had_aborts = False
         self._next_due: float | None = None
         self._signals: list[str] = []
@@ -188,6 +191,8 @@ class Worker:
             url,
         )
         try:
+            if self._cron is not None:
+                self._publish_cron(broker)
             self.started.set()
             self._fetch_loop(broker)
         finally:
@@ -216,7 +221,8 @@ class Worker:
             free = self._wait_for_slot(ABORT_POLL)
             seen = self._completions
             try:
-                self._poll_aborts(broker)  # also while every slot is busy
+                self._poll_aborts(broker)  # these two also while every slot is busy
+                self._run_cron(broker)
                 if free == 0:
                     continue
                 got = self._take(broker, free)
@@ -264,12 +270,46 @@ class Worker:
             self._loop.loop.call_soon_threadsafe(self._runner.abort, requested)
         self._had_aborts = bool(requested)
 
+    def _run_cron(self, broker: Broker) -> None:
+        """Push the job of every schedule whose tick has come, if this worker wins the
+        tick (one SET NX per tick: exactly once across workers)."""
+        if self._cron is None:
+            return
+        now = time.time()
+        due = self._cron.due(now)
+        for job, tick in due:
+            ttl = max(3600.0, 2 * job.period())
+            if not broker.claim_tick(job.name, tick, self.id, ttl):
+                continue
+            task = self.app.tasks[job.task]
+            payload, _ = task.payload(job.args, job.kwargs)
+            payload.id = f"cron-{job.name}-{int(tick)}"
+            broker.push(task.queue, [(payload, payload.encode())])
+            log.info(
+                "cron %s: pushed job %s for tick %s",
+                job.name,
+                payload.id,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(tick)),
+            )
+        if due:
+            self._publish_cron(broker)
+
+    def _publish_cron(self, broker: Broker) -> None:
+        assert self._cron is not None
+        broker.publish_schedules(
+            {job.name: job.info(self._cron.next_at[job.name]) for job in self._cron.jobs}
+        )
+
     def _block_seconds(self) -> float:
         """How long to block in Redis: about a second; less if a delayed job is due,
         or while jobs run (so that an abort reaches them within a second)."""
         timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
         if self._in_flight:
             timeout = min(timeout, ABORT_POLL)
+        if self._cron is not None:
+            next_tick = self._cron.next_due()
+            if next_tick is not None:
+                timeout = min(timeout, next_tick - time.time())
         if self._next_due is not None:
             timeout = min(timeout, self._next_due - time.time())
         return max(timeout, 0.01)  # 0 would block forever
