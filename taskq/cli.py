@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -74,6 +75,14 @@ def main() -> None:
     "(default 0: an idle worker can take every waiting job).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    envvar="TASKQ_METRICS_PORT",
+    help="Serve Prometheus metrics on this port (/metrics); with --processes, the sum "
+    "over all processes.",
+)
+@click.option(
     "--processes",
     "-p",
     type=click.IntRange(min=1),
@@ -109,6 +118,7 @@ def worker(
     concurrency: int | None,
     grace: float | None,
     prefetch: int | None,
+    metrics_port: int | None,
     processes: int,
     heartbeat_timeout: float | None,
     burst: bool,
@@ -132,7 +142,7 @@ def worker(
         env = dict(os.environ, TASKQ_REDIS_URL=app.settings.redis_url)
         if app_spec:
             env["TASKQ_APP"] = app_spec
-        sys.exit(Supervisor(args, processes, env).run())
+        sys.exit(_supervise(app, args, processes, env, metrics_port))
     Worker(
         app,
         queues=names,
@@ -140,8 +150,38 @@ def worker(
         grace=grace,
         heartbeat_timeout=heartbeat_timeout,
         prefetch=prefetch,
+        metrics_port=metrics_port,
         burst=burst,
     ).run()
+
+
+def _supervise(
+    app: App, args: list[str], processes: int, env: dict[str, str], metrics_port: int | None
+) -> int:
+    """Run worker processes; with metrics, the children write them to a shared
+    directory and this process serves their sum."""
+    if metrics_port is None:
+        return Supervisor(args, processes, env).run()
+    from prometheus_client.multiprocess import mark_process_dead
+
+    from .metrics import MULTIPROC_ENV, serve
+
+    with tempfile.TemporaryDirectory(prefix="taskq-metrics-") as directory:
+        env[MULTIPROC_ENV] = directory
+        try:
+            server = serve(metrics_port, app.broker, app.settings.heartbeat_timeout, directory)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve metrics on port {metrics_port}: {exc}"
+            ) from None
+
+        def forget(pid: int) -> None:  # a dead child's live gauges stop counting
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+        try:
+            return Supervisor(args, processes, env, on_exit=forget).run()
+        finally:
+            server.close()
 
 
 # -- push ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -51,34 +50,37 @@ class TaskqProcess:
             text=True,
         )
         self.lines: list[str] = []
-        self._new: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._eof = False
+        self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line)
-            self._new.put(line)
-        self._new.put(None)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
-    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> str:
-        """Block until a stderr line matches ``pattern``; fail with the log so far."""
+    def wait_for_line(self, pattern: str, timeout: float = 15.0, count: int = 1) -> str:
+        """Block until ``count`` stderr lines match ``pattern`` (the last is returned);
+        fail with the log so far."""
         regex = re.compile(pattern)
-        for line in self.lines:
-            if regex.search(line):
-                return line
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                new = self._new.get(timeout=max(left, 0.001))
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} in:\n{self.log}") from None
-            if new is None:
-                raise AssertionError(f"exited before {pattern!r}:\n{self.log}")
-            if regex.search(new):
-                return new
+        with self._changed:
+            while True:
+                found = [line for line in self.lines if regex.search(line)]
+                if len(found) >= count:
+                    return found[count - 1]
+                if self._eof:
+                    raise AssertionError(f"exited before {pattern!r}:\n{self.log}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} in:\n{self.log}")
+                self._changed.wait(left)
 
     @property
     def log(self) -> str:

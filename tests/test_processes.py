@@ -75,6 +75,7 @@ def test_a_killed_child_is_restarted_and_its_job_recovered(
         supervisor.wait_for_line(r"exited with -9; restarting")
         wait_event(r, "start:child:2")
         assert job.result(timeout=15) == 2
-        supervisor.wait_for_line(r"worker process \d started", timeout=10)
+        # The restarted child is up: its own "worker ... started" line, the third.
+        supervisor.wait_for_line(r"worker \S+ started:", timeout=15, count=3)
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(timeout=40) == 0, supervisor.log

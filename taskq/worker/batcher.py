@@ -20,6 +20,7 @@ import logging
 import redis
 
 from ..abroker import AsyncBroker
+from ..metrics import Metrics
 from ..writes import Writes, take_batch
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ _MAX_BACKOFF = 5.0
 
 
 class WriteBatcher:
-    def __init__(self, broker: AsyncBroker) -> None:
+    def __init__(self, broker: AsyncBroker, metrics: Metrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics
         self._pending: list[tuple[Writes, asyncio.Future[None] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.reconnects = 0
@@ -82,6 +84,8 @@ class WriteBatcher:
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.reconnects += 1
+                if self.metrics:
+                    self.metrics.reconnects.inc()
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)

@@ -16,13 +16,21 @@ import time
 from ..app import App
 from ..broker import Broker
 from ..connection import REDIS_ERRORS, connect
+from ..metrics import Metrics
 from .recovery import Recoverer
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, app: App, worker_id: str, queues: tuple[str, ...], concurrency: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        worker_id: str,
+        queues: tuple[str, ...],
+        concurrency: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = app.settings
         self.worker_id = worker_id
         self.queues = queues
@@ -39,7 +47,9 @@ class Heartbeat:
             dead_retention=self.settings.dead_retention,
             result_ttl=self.settings.result_ttl,
         )
-        self.recoverer = Recoverer(app, self._broker, self.settings.heartbeat_timeout, worker_id)
+        self.recoverer = Recoverer(
+            app, self._broker, self.settings.heartbeat_timeout, worker_id, metrics
+        )
         self._thread = threading.Thread(target=self._run, name="taskq-heartbeat", daemon=True)
         self._failing = False
 

@@ -40,6 +40,7 @@ from ..broker import Broker
 from ..config import mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
 from ..cron import Scheduler
+from ..metrics import MULTIPROC_ENV, Metrics, MetricsServer, serve
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
 from .loop_thread import LoopThread
@@ -106,6 +107,7 @@ class Worker:
         grace: float | None = None,
         heartbeat_timeout: float | None = None,
         prefetch: int | None = None,
+        metrics_port: int | None = None,
         burst: bool = False,
         handle_signals: bool = True,
     ) -> None:
@@ -121,6 +123,8 @@ class Worker:
         self.capacity = self.concurrency + self.prefetch
         self._refill = max(1, self.prefetch // 2)  # free slots worth waking the master for
         self.burst = burst
+        self.metrics_port = metrics_port
+        self.metrics: Metrics | None = None
         self.handle_signals = handle_signals
         self.id = make_worker_id()
         self.stats = WorkerStats()
@@ -177,11 +181,19 @@ class Worker:
         self._broker = broker = Broker(
             client, dead_retention=self.settings.dead_retention, result_ttl=self.settings.result_ttl
         )
+        try:
+            metrics_server = self._start_metrics()
+        except OSError as exc:
+            client.close()
+            self._restore_signals(previous)
+            raise WorkerError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from None
         executor = DaemonExecutor()
         self._loop = LoopThread()
         self._loop.start()
         self._runner = self._loop.call(self._make_runner(executor))
-        heartbeat = Heartbeat(self._app_with_settings(), self.id, self.queues, self.concurrency)
+        heartbeat = Heartbeat(
+            self._app_with_settings(), self.id, self.queues, self.concurrency, self.metrics
+        )
         heartbeat.start()
         log.info(
             "worker %s started: queues %s, concurrency %d, redis %s",
@@ -197,6 +209,8 @@ class Worker:
             self._fetch_loop(broker)
         finally:
             self._shutdown(broker, executor, heartbeat)
+            if metrics_server is not None:
+                metrics_server.close()
             self._restore_signals(previous)
         return self.stats
 
@@ -213,7 +227,22 @@ class Worker:
         broker = AsyncBroker(
             client, result_ttl=self.settings.result_ttl, dead_retention=self.settings.dead_retention
         )
-        return JobRunner(self.app, broker, self.id, executor, self.concurrency)
+        return JobRunner(self.app, broker, self.id, executor, self.concurrency, self.metrics)
+
+    def _start_metrics(self) -> MetricsServer | None:
+        """Serve metrics if asked; a child of ``--processes`` only records them (its
+        supervisor serves the sum)."""
+        if self.metrics_port is not None:
+            server = serve(
+                self.metrics_port,
+                Broker(connect(self.settings.redis_url, socket_timeout=5)),
+                self.settings.heartbeat_timeout,
+            )
+            self.metrics = Metrics(server.registry)
+            return server
+        if os.environ.get(MULTIPROC_ENV):
+            self.metrics = Metrics()
+        return None
 
     def _fetch_loop(self, broker: Broker) -> None:
         backoff = 0.0

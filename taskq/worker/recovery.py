@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from ..app import App
 from ..broker import Broker, stall_key
+from ..metrics import Metrics
 from ..payload import BadPayload, decode
 from ..writes import Writes, dead_entry
 
@@ -25,7 +26,15 @@ REQUEUED, DEAD = 1, 2
 
 
 class Recoverer:
-    def __init__(self, app: App, broker: Broker, heartbeat_timeout: float, own_id: str) -> None:
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        heartbeat_timeout: float,
+        own_id: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.app = app
         self.broker = broker
         self.heartbeat_timeout = heartbeat_timeout
@@ -81,6 +90,8 @@ class Recoverer:
         outcome = self.broker.recover_one(
             queue, worker, raw, max_stalls, dead_before, entry, retry_raw
         )
+        if self.metrics and outcome in (REQUEUED, DEAD):
+            self.metrics.count(task_name or "", "stalled" if outcome == REQUEUED else "dead")
         if outcome == REQUEUED:
             self.recovered += 1
             log.warning("job %s of dead worker %s put back on queue %r", job_id, worker, queue)

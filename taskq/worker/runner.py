@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from ..abroker import AsyncBroker
 from ..app import App, Task
+from ..metrics import Metrics
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
 from ..writes import Outcome, dead_entry
@@ -83,13 +84,15 @@ class JobRunner:
         worker_id: str,
         executor: DaemonExecutor,
         concurrency: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
         self.writes = broker.writes
-        self.batcher = WriteBatcher(broker)
+        self.metrics = metrics
+        self.batcher = WriteBatcher(broker, metrics)
         # Jobs handed over beyond `concurrency` (the master's prefetch) wait here.
         self._slots = asyncio.Semaphore(concurrency)
         self._starting = True
@@ -153,6 +156,8 @@ class JobRunner:
                 queue, raw, f"bad payload: {exc}", job_id=peek_id(raw), error=f"BadPayload: {exc}"
             )
             await self.batcher.write(self.writes.bury(self.worker_id, raw, entry))
+            if self.metrics:
+                self.metrics.count("", "dead")
             return "dead"
         if missing_id:
             new_raw = payload.encode()
@@ -163,12 +168,23 @@ class JobRunner:
             await self.batcher.write(
                 self.writes.finish(queue, self.worker_id, raw, payload, aborted)
             )
+            if self.metrics:
+                self.metrics.count(payload.task, "aborted")
             return "aborted"
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
         started_at = time.time()
         start = _DeferredStart(self, queue, payload, started_at)
-        outcome = await self._outcome_or_abort(task, payload, attempt)
+        if self.metrics:
+            self.metrics.job_started(payload.task, payload.enqueued_at)
+        try:
+            outcome = await self._outcome_or_abort(task, payload, attempt)
+        except BaseException:
+            if self.metrics:  # cancelled by a shutdown: put back, not finished
+                self.metrics.in_progress.dec()
+            raise
+        if self.metrics:
+            self.metrics.job_ended(payload.task, outcome.status, time.time() - started_at)
         quick = start.cancel()  # ended before its start was stored: store both at once
         writes = self.writes.finish(
             queue, self.worker_id, raw, payload, outcome, started_at if quick else None

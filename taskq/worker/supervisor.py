@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -45,7 +46,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, args: list[str], processes: int, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        processes: int,
+        env: dict[str, str],
+        on_exit: Callable[[int], object] | None = None,
+    ) -> None:
+        self.on_exit = on_exit  # called with the pid of each child that exits
         self.args = args  # `taskq worker` arguments for each child
         self.processes = processes
         self.env = env
@@ -109,10 +117,17 @@ class Supervisor:
             time.sleep(min(0.1, max(0.0, due - time.monotonic())))
 
     def _exited(self, child: Child, code: int, restarts: dict[int, tuple[float, int]]) -> None:
+        if self.on_exit is not None:
+            self.on_exit(child.proc.pid)
         if code == 0:
             log.info("worker process %d exited", child.slot)
             return
         if self.signals:
+            if -code in (signal.SIGTERM, signal.SIGINT):
+                # Killed by the forwarded signal before it could handle it: it was
+                # still starting, so it held no job.
+                log.info("worker process %d stopped while starting", child.slot)
+                return
             self.failed = True
             log.error("worker process %d exited with %d while stopping", child.slot, code)
             return
