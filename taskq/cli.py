@@ -20,6 +20,7 @@ from .app import App, Task
 from .cli_common import app_option, friendly_errors, load_app, setup_logging, url_option
 from .cli_dead import dead, purge, retry
 from .config import ConfigError, mask_url
+from .dashboard.command import dashboard
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
 from .worker.master import Worker
@@ -469,3 +470,4 @@ def demo(seconds: tuple[float, ...], concurrency: int) -> None:
 main.add_command(dead)
 main.add_command(retry)
 main.add_command(purge)
+main.add_command(dashboard)

@@ -1,0 +1,105 @@
+"""The ``taskq dashboard`` command (starlette and uvicorn are imported only when it runs)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..app import App
+from ..cli_common import friendly_errors, setup_logging, url_option
+from ..config import mask_url
+from ..connection import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@url_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TASKQ_DASHBOARD_HOST",
+    help="Address to listen on. Anything but loopback lets others read your jobs.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    envvar="TASKQ_DASHBOARD_PORT",
+)
+@click.option(
+    "--token",
+    envvar="TASKQ_DASHBOARD_TOKEN",
+    default=None,
+    metavar="SECRET",
+    help="Allow retry and purge to whoever gives this token (prefer the env var: "
+    "arguments show in ps). Without it the dashboard is read-only.",
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    envvar="TASKQ_DASHBOARD_REFRESH",
+    help="Seconds between the page's refreshes.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="TASKQ_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="debug also logs every request.",
+)
+@friendly_errors
+def dashboard(
+    redis_url: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    refresh: float,
+    log_level: str,
+) -> None:
+    """Serve a web page of queues, workers, jobs and dead letters (retry, purge).
+
+    \b
+    taskq dashboard                          read-only, on http://127.0.0.1:8000
+    TASKQ_DASHBOARD_TOKEN=s3cret taskq dashboard   retry and purge with the token
+    """
+    import uvicorn
+
+    from .web import create_app
+
+    setup_logging(log_level)
+    app = App(redis_url)
+    url = mask_url(app.settings.redis_url)
+    try:
+        app.broker.client.ping()
+    except REDIS_ERRORS as exc:  # serve anyway: the page says so until Redis is back
+        log.warning("Redis at %s is unreachable for now: %s", url, exc)
+    if host not in LOOPBACK:
+        log.warning(
+            "listening on %s: anyone who can reach it can read job arguments and results%s",
+            host,
+            " and, over plain HTTP, see the token" if token else "",
+        )
+    log.info(
+        "taskq dashboard for %s on http://%s:%d (%s)",
+        url,
+        f"[{host}]" if ":" in host else host,
+        port,
+        "retry and purge need the token" if token else "read-only: no --token",
+    )
+    uvicorn.run(
+        create_app(app, token=token, refresh=refresh, host=host),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        access_log=log_level.lower() == "debug",
+        server_header=False,
+    )
