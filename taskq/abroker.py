@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from . import scripts
-from .broker import fields_of, is_cluster, queue_records, queue_status, text
+from .broker import PUSH_BATCH, fields_of, is_cluster, queue_records, queue_status, text
 from .keys import Keys
 from .payload import Payload
 from .writes import WriteBuilder, Writes, as_apply_call
@@ -63,7 +63,8 @@ class AsyncBroker:
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        await self.apply(self.writes.push(queue, jobs, due))
+        for start in range(0, len(jobs), PUSH_BATCH):
+            await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
 
     async def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """See :meth:`taskq.broker.Broker.push_unique`."""

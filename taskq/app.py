@@ -79,6 +79,7 @@ class Task(Generic[P, R]):
         self.max_stalls = max_stalls
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        self._good_shapes: set[tuple[int, tuple[str, ...]]] = set()
         # push(delay=..., at=...) are push options unless the function has such a parameter.
         self._option_names = set(_PUSH_OPTIONS) - set(self.signature.parameters)
         self.__doc__ = fn.__doc__
@@ -92,10 +93,16 @@ class Task(Generic[P, R]):
 
     def payload(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Payload, bytes]:
         """Check the arguments against the function and encode the job."""
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
+        # Whether arguments fit depends only on how many and which names: check each
+        # shape once (a bulk push is usually one shape many times).
+        shape = (len(args), tuple(kwargs))
+        if shape not in self._good_shapes:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
+            if len(self._good_shapes) < 64:
+                self._good_shapes.add(shape)
         payload = Payload(self.name, list(args), dict(kwargs))
         return payload, payload.encode()
 

@@ -25,6 +25,8 @@ from .keys import Keys
 from .payload import Payload, dumps, peek_id
 from .writes import WriteBuilder, Writes, as_apply_call, record_fields
 
+#: Jobs pushed in one round trip (one APPLY call on a single Redis).
+PUSH_BATCH = 2000
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
@@ -105,7 +107,9 @@ class Broker:
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        self.apply(self.writes.push(queue, jobs, due))
+        # In slices, so that one APPLY call never holds Redis for long.
+        for start in range(0, len(jobs), PUSH_BATCH):
+            self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

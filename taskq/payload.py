@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +33,16 @@ class BadPayload(ValueError):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (like ``uuid4().hex``, a fraction of the cost)."""
+    return os.urandom(16).hex()
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dumps(value: Any) -> str:
     """Compact, strict JSON (no NaN or Infinity: other languages must read it too)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 @dataclass(slots=True)

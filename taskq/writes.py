@@ -67,6 +67,8 @@ class Writes:
 
 #: Lua's unpack() takes a few thousand values at most: bigger commands go pipelined.
 _APPLY_MAX_ARGS = 1000
+#: Jobs per LPUSH/ZADD of a push, so a bulk push fits in APPLY calls.
+_PUSH_CHUNK = 400
 
 
 def as_apply_call(commands: Sequence[Command]) -> tuple[list[str], str] | None:
@@ -195,10 +197,13 @@ class WriteBuilder:
                 fields["due_at"] = repr(due)
             w.records.append(hset(k.job(payload.id), fields))
         raws = [raw for _, raw in jobs]
-        if due is None:
-            w.queue.append(("LPUSH", k.queue(queue), tuple(raws)))
-        else:
-            w.queue.append(("ZADD", k.delayed(queue), tuple(x for r in raws for x in (due, r))))
+        for start in range(0, len(raws), _PUSH_CHUNK):  # commands small enough for APPLY
+            chunk = raws[start : start + _PUSH_CHUNK]
+            if due is None:
+                w.queue.append(("LPUSH", k.queue(queue), tuple(chunk)))
+            else:
+                pairs = tuple(x for r in chunk for x in (due, r))
+                w.queue.append(("ZADD", k.delayed(queue), pairs))
         w.records.append(("SADD", k.queues(), (queue,)))
         return w
 
