@@ -9,16 +9,18 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from .abroker import AsyncBroker
 from .broker import Broker
 from .config import ConfigError, Settings, check_queue_name
 from .connection import connect, connect_async
-from .cron import CronJob
 from .job import Job
 from .payload import Payload
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .cron import CronJob
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -343,6 +345,8 @@ class App:
         """Run the decorated function on a schedule, as a task (``task_options`` as
         for :meth:`task`): ``@app.cron("*/5 * * * *")``. Six fields make the last one
         seconds. Workers of this app run the schedule; each tick runs once."""
+
+        from .cron import CronJob  # croniter is imported only by apps with schedules
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or fn.__name__

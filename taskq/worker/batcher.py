@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import redis
 
 from ..abroker import AsyncBroker
-from ..metrics import Metrics
 from ..writes import Writes, take_batch
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 

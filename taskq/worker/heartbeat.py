@@ -12,12 +12,15 @@ import os
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ..app import App
 from ..broker import Broker
 from ..connection import REDIS_ERRORS, connect
-from ..metrics import Metrics
 from .recovery import Recoverer
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 

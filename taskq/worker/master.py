@@ -32,19 +32,21 @@ import time
 import uuid
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..abroker import AsyncBroker
 from ..app import App
 from ..broker import Broker
 from ..config import mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
-from ..cron import Scheduler
-from ..metrics import MULTIPROC_ENV, Metrics, MetricsServer, serve
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
 from .loop_thread import LoopThread
 from .runner import JobRunner
+
+if TYPE_CHECKING:
+    from ..cron import Scheduler
+    from ..metrics import Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +139,11 @@ class Worker:
         self._completions = 0
         self._promote_at = 0.0
         self._aborts_at = self._aborts_busy_at = 0.0
-        schedules = list(app.schedules.values())
-        self._cron = Scheduler(schedules) if schedules else None
+        self._cron: Scheduler | None = None
+        if app.schedules:
+            from ..cron import Scheduler  # croniter is imported only when schedules exist
+
+            self._cron = Scheduler(list(app.schedules.values()))
         self._had_aborts = False
         self._next_due: float | None = None
         self._signals: list[str] = []
@@ -231,7 +236,11 @@ class Worker:
 
     def _start_metrics(self) -> MetricsServer | None:
         """Serve metrics if asked; a child of ``--processes`` only records them (its
-        supervisor serves the sum)."""
+        supervisor serves the sum). prometheus-client is imported only then."""
+        if self.metrics_port is None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return None
+        from ..metrics import Metrics, serve
+
         if self.metrics_port is not None:
             server = serve(
                 self.metrics_port,
@@ -240,8 +249,7 @@ class Worker:
             )
             self.metrics = Metrics(server.registry)
             return server
-        if os.environ.get(MULTIPROC_ENV):
-            self.metrics = Metrics()
+        self.metrics = Metrics()  # a supervised child: write for the parent to serve
         return None
 
     def _fetch_loop(self, broker: Broker) -> None:

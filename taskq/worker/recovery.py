@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..app import App
 from ..broker import Broker, stall_key
-from ..metrics import Metrics
 from ..payload import BadPayload, decode
 from ..writes import Writes, dead_entry
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,18 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..abroker import AsyncBroker
 from ..app import App, Task
-from ..metrics import Metrics
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
 from ..writes import Outcome, dead_entry
 from .batcher import WriteBatcher
 from .executor import DaemonExecutor
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
