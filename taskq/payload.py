@@ -100,9 +100,9 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
         raise BadPayload(f"payload is not UTF-8: {exc}") from None
     try:
         if _HUGE_EXPONENT.search(text):  # only then can a number overflow to infinity
-            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+            data = _CAREFUL_DECODER.decode(text)
         else:
-            data = json.loads(text, parse_constant=_refuse_constant)
+            data = _DECODER.decode(text)
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -150,6 +150,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text} is too large for a 64-bit float")
     return value
+
+
+# Built once: json.loads(text, **options) builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_CAREFUL_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def peek_id(raw: bytes) -> str | None:
