@@ -15,7 +15,7 @@ from . import scripts
 from .broker import PUSH_BATCH, fields_of, is_cluster, queue_records, queue_status, text
 from .keys import Keys
 from .payload import Payload
-from .writes import WriteBuilder, Writes, as_apply_call
+from .writes import WriteBuilder, Writes, round_trips
 
 
 class AsyncBroker:
@@ -39,25 +39,17 @@ class AsyncBroker:
         return script
 
     async def apply(self, w: Writes) -> None:
-        """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
-        commands = w.commands()
-        call = None if self.cluster or w.scripts else as_apply_call(commands)
-        if call is not None:  # one command, one reply
-            await self._script(scripts.APPLY)(keys=call[0], args=[call[1]])
-            return
-        phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
-        pipe = self.client.pipeline(transaction=False)
-        for phase in phases:
-            for name, key, args in phase:
-                pipe.execute_command(name, key, *args)
-            if self.cluster:  # each phase a round trip of its own, in order
-                await pipe.execute()
-        for source, script_keys, script_args in w.scripts:
-            if self.cluster:
-                await self._script(source)(keys=script_keys, args=script_args)
-            else:
-                await self._script(source)(keys=script_keys, args=script_args, client=pipe)
-        if not self.cluster:
+        """Carry out ``w`` in its phase order (see :func:`taskq.writes.round_trips`)."""
+        for trip in round_trips(w, self.cluster):
+            if not trip.commands and len(trip.scripts) == 1:
+                source, keys, args = trip.scripts[0]
+                await self._script(source)(keys=keys, args=args)
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for name, key, command_args in trip.commands:
+                pipe.execute_command(name, key, *command_args)
+            for source, keys, args in trip.scripts:
+                await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def push(

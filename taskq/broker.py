@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from . import scripts
 from .keys import Keys
 from .payload import Payload, dumps, peek_id
-from .writes import WriteBuilder, Writes, as_apply_call, record_fields
+from .writes import WriteBuilder, Writes, record_fields, round_trips
 
 #: Jobs pushed in one round trip (one APPLY call on a single Redis).
 PUSH_BATCH = 2000
@@ -82,25 +82,17 @@ class Broker:
         return script
 
     def apply(self, w: Writes) -> None:
-        """Carry out ``w`` in its phase order (see :mod:`taskq.writes`)."""
-        commands = w.commands()
-        call = None if self.cluster or w.scripts else as_apply_call(commands)
-        if call is not None:  # one command, one reply
-            self._script(scripts.APPLY)(keys=call[0], args=[call[1]])
-            return
-        phases = [commands] if not self.cluster else [w.records, w.queue_commands()]
-        pipe = self.client.pipeline(transaction=False)
-        for phase in phases:
-            for name, key, args in phase:
-                pipe.execute_command(name, key, *args)
-            if self.cluster:  # each phase a round trip of its own, in order
-                pipe.execute()
-        for source, script_keys, script_args in w.scripts:
-            if self.cluster:
-                self._script(source)(keys=script_keys, args=script_args)
-            else:
-                self._script(source)(keys=script_keys, args=script_args, client=pipe)
-        if not self.cluster:
+        """Carry out ``w`` in its phase order (see :func:`taskq.writes.round_trips`)."""
+        for trip in round_trips(w, self.cluster):
+            if not trip.commands and len(trip.scripts) == 1:
+                source, keys, args = trip.scripts[0]
+                self._script(source)(keys=keys, args=args)
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for name, key, command_args in trip.commands:
+                pipe.execute_command(name, key, *command_args)
+            for source, keys, args in trip.scripts:
+                self._script(source)(keys=keys, args=args, client=pipe)
             pipe.execute()
 
     # -- producers -------------------------------------------------------------------

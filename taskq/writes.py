@@ -34,6 +34,7 @@ from .payload import Payload, dumps, new_id
 
 #: One command on one key: (name, key, other arguments), e.g. ("LREM", key, (1, raw)).
 Command = tuple[str, str, tuple[Any, ...]]
+ScriptCall = tuple[str, list[str], list[Any]]  # (Lua source, KEYS, ARGV)
 
 
 def hset(key: str, fields: dict[str, Any]) -> Command:
@@ -44,7 +45,7 @@ def hset(key: str, fields: dict[str, Any]) -> Command:
 class Writes:
     records: list[Command] = field(default_factory=list)
     queue: list[Command] = field(default_factory=list)
-    scripts: list[tuple[str, list[str], list[Any]]] = field(default_factory=list)
+    scripts: list[ScriptCall] = field(default_factory=list)
     #: (hash key, field) -> increment: merged writes send one HINCRBY per counter.
     counters: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -96,6 +97,28 @@ def _bytes_as_text(value: Any) -> str:
 _APPLY_JSON = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_bytes_as_text
 )
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What one round trip sends, in order: commands, then script calls."""
+
+    commands: list[Command]
+    scripts: list[ScriptCall]
+
+
+def round_trips(w: Writes, cluster: bool) -> list[RoundTrip]:
+    """The round trips that carry out ``w`` in its phase order; both brokers send
+    exactly these. One Redis: one APPLY call when there are no scripts, else one
+    pipeline. A cluster: a round trip per phase, each script on its own."""
+    commands = w.commands()
+    if not cluster:
+        call = None if w.scripts else as_apply_call(commands)
+        if call is not None:
+            return [RoundTrip([], [(scripts.APPLY, call[0], [call[1]])])]
+        return [RoundTrip(commands, w.scripts)]
+    phases = [RoundTrip(phase, []) for phase in (w.records, w.queue_commands()) if phase]
+    return phases + [RoundTrip([], [call]) for call in w.scripts]
 
 
 def take_batch(pending: list[Writes], limit: int) -> int:
