@@ -19,7 +19,7 @@ from . import demo as demo_tasks
 from .app import App, Task
 from .cli_common import app_option, friendly_errors, load_app, setup_logging, url_option
 from .cli_dead import dead, purge, retry
-from .config import ConfigError, mask_url
+from .config import MULTIPROC_ENV, ConfigError, mask_url
 from .dashboard.command import dashboard
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
@@ -165,7 +165,7 @@ def _supervise(
         return Supervisor(args, processes, env).run()
     from prometheus_client.multiprocess import mark_process_dead
 
-    from .metrics import MULTIPROC_ENV, serve
+    from .metrics import serve
 
     with tempfile.TemporaryDirectory(prefix="taskq-metrics-") as directory:
         env[MULTIPROC_ENV] = directory

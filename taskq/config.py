@@ -26,6 +26,10 @@ ENV_VARS = {
     "dead_retention": "TASKQ_DEAD_RETENTION",
 }
 
+#: Set for the children of ``--processes --metrics-port``: prometheus-client's
+#: multiprocess directory, where they write the metrics their supervisor serves.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
 

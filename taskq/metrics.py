@@ -30,7 +30,6 @@ from .broker import Broker
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Outcomes counted by taskq_jobs_finished_total.
 OUTCOMES = ("done", "failed", "retried", "dead", "stalled", "aborted")

@@ -38,7 +38,6 @@ class WriteBatcher:
         self.metrics = metrics
         self._pending: list[tuple[Writes, asyncio.Future[None] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.reconnects = 0
 
     def submit(self, writes: Writes) -> None:
         """Queue ``writes`` without waiting for them (they stay ordered with the rest)."""
@@ -86,7 +85,6 @@ class WriteBatcher:
                 await self.broker.apply(writes)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.reconnects += 1
                 if self.metrics:
                     self.metrics.reconnects.inc()
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..abroker import AsyncBroker
 from ..app import App
 from ..broker import Broker
-from ..config import mask_url
+from ..config import MULTIPROC_ENV, mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
@@ -237,7 +237,7 @@ class Worker:
     def _start_metrics(self) -> MetricsServer | None:
         """Serve metrics if asked; a child of ``--processes`` only records them (its
         supervisor serves the sum). prometheus-client is imported only then."""
-        if self.metrics_port is None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.metrics_port is None and not os.environ.get(MULTIPROC_ENV):
             return None
         from ..metrics import Metrics, serve
 
