@@ -55,6 +55,7 @@ def test_processes_are_summed_by_the_parent(
     port = free_port()
     args = ["worker", "--app", "tests.tasks", "--processes", "2", "--metrics-port", str(port)]
     with TaskqProcess(args, worker_env) as supervisor:
+        supervisor.wait_for_line(r"worker \S+ started:", count=2)  # both children up
         jobs = tasks.add.push_many([(i, 1) for i in range(60)])
         taskq.gather(*jobs, timeout=30)
         m = scrape(port)
