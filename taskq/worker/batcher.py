@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
@@ -31,52 +32,53 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 _MAX_BACKOFF = 5.0
 
+#: Called once the writes are stored (with None) or refused (with the error).
+Stored = Callable[[BaseException | None], None]
+
 
 class WriteBatcher:
     def __init__(self, broker: AsyncBroker, metrics: Metrics | None = None) -> None:
         self.broker = broker
         self.metrics = metrics
-        self._pending: list[tuple[Writes, asyncio.Future[None] | None]] = []
+        self._pending: list[tuple[Writes, Stored | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    def submit(self, writes: Writes) -> None:
-        """Queue ``writes`` without waiting for them (they stay ordered with the rest)."""
-        self._pending.append((writes, None))
-        self._ensure_flusher()
-
-    async def write(self, writes: Writes) -> None:
-        """Queue ``writes`` and wait until Redis has them."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((writes, done))
-        self._ensure_flusher()
-        await done  # if this job is cancelled, the write still goes out
-
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
+    def submit(self, writes: Writes, stored: Stored | None = None) -> None:
+        """Queue ``writes`` (they stay ordered with the rest); ``stored`` is called on
+        the loop once Redis has them, or with the error if Redis refused them."""
+        self._pending.append((writes, stored))
+        if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        # Let every job that is ready this loop pass add its writes first: one batch
-        # for all of them instead of one for the first and one for the rest.
-        await asyncio.sleep(0)
-        while self._pending:
-            n = take_batch([w for w, _ in self._pending], MAX_BATCH)
-            batch = self._pending[:n]
-            del self._pending[:n]
-            merged = Writes()
-            for writes, _ in batch:
-                merged.merge(writes)
-            try:
-                await self._apply(merged)
-            except Exception as exc:  # a refused command: fail these jobs' waits, go on
-                log.exception("redis refused a batch of %d writes", len(batch))
-                for _, done in batch:
-                    if done is not None and not done.done():
-                        done.set_exception(exc)
-                continue
-            for _, done in batch:
-                if done is not None and not done.done():
-                    done.set_result(None)
+        try:
+            # Let every job that is ready this loop pass add its writes first: one
+            # batch for all of them instead of one for the first and one for the rest.
+            await asyncio.sleep(0)
+            while self._pending:
+                await self._flush_one()
+        finally:
+            self._flusher = None
+
+    async def _flush_one(self) -> None:
+        n = take_batch([w for w, _ in self._pending], MAX_BATCH)
+        batch = self._pending[:n]
+        del self._pending[:n]
+        merged = Writes()
+        for writes, _ in batch:
+            merged.merge(writes)
+        error: BaseException | None = None
+        try:
+            await self._apply(merged)
+        except Exception as exc:  # a refused command: tell these jobs, go on
+            log.exception("redis refused a batch of %d writes", len(batch))
+            error = exc
+        for _, stored in batch:
+            if stored is not None:
+                try:
+                    stored(error)
+                except Exception:
+                    log.exception("error in a write's callback")
 
     async def _apply(self, writes: Writes) -> None:
         delay = 0.1
@@ -93,7 +95,7 @@ class WriteBatcher:
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for pending writes; False if some remain."""
-        if self._flusher is None or self._flusher.done():
+        if self._flusher is None:
             return not self._pending
         try:
             await asyncio.wait_for(asyncio.shield(self._flusher), timeout)

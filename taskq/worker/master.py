@@ -132,10 +132,9 @@ class Worker:
         self.stats = WorkerStats()
         self.started = threading.Event()  # set once jobs can be taken (for callers and tests)
         self._slots = threading.Condition()
-        # Guarded by _slots: jobs handed to the loop and not finished, the futures of
-        # the batches they were handed over in, and jobs finished (any way) so far.
+        # Guarded by _slots: jobs handed to the loop and not finished, and jobs
+        # finished (any way) so far.
         self._in_flight = 0
-        self._batches: set[concurrent.futures.Future[None]] = set()
         self._completions = 0
         self._promote_at = 0.0
         self._aborts_at = self._aborts_busy_at = 0.0
@@ -378,9 +377,7 @@ class Worker:
         assert self._runner is not None
         with self._slots:
             self._in_flight += len(raws)
-            future = self._loop.submit(self._runner.run_batch(queue, raws, self._job_done))
-            self._batches.add(future)
-        future.add_done_callback(self._batch_done)
+        self._loop.submit(self._runner.run_batch(queue, raws, self._job_done))
 
     def _job_done(self, status: str) -> None:
         """Called on the loop thread as each job ends (however it ends).
@@ -396,10 +393,6 @@ class Worker:
                 self.stats.retried += 1
             if self.capacity - self._in_flight >= self._refill or not self._in_flight:
                 self._slots.notify_all()
-
-    def _batch_done(self, future: concurrent.futures.Future[None]) -> None:
-        with self._slots:
-            self._batches.discard(future)
 
     def _wait_for_slot(self, timeout: float) -> int:
         """Block until enough slots are free, a stop is requested or ``timeout``
@@ -440,11 +433,12 @@ class Worker:
                 self._slots.wait(min(left, 0.1))
 
     def _cancel_running(self) -> None:
-        with self._slots:
-            futures = list(self._batches)
-        for future in futures:
-            future.cancel()
-        concurrent.futures.wait(futures, timeout=CANCEL_SECONDS)
+        assert self._loop is not None
+        assert self._runner is not None
+        try:
+            self._loop.call(self._runner.cancel_running(CANCEL_SECONDS), timeout=CANCEL_SECONDS + 1)
+        except concurrent.futures.TimeoutError:
+            log.warning("some cancelled jobs did not unwind within %.0fs", CANCEL_SECONDS)
 
     def _shutdown(self, broker: Broker, executor: DaemonExecutor, heartbeat: Heartbeat) -> None:
         reason = self._signals[0] if self._signals else "error"

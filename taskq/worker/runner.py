@@ -14,7 +14,7 @@ from ..abroker import AsyncBroker
 from ..app import App, Task
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
-from ..writes import Outcome, dead_entry
+from ..writes import Outcome, Writes, dead_entry
 from .batcher import WriteBatcher
 from .executor import DaemonExecutor
 
@@ -28,36 +28,22 @@ T = TypeVar("T")
 _MAX_BACKOFF = 5.0
 
 
-#: A job's "active" status is stored once it has run this long; a job that ends
-#: sooner goes from "queued" to its outcome in one write (half the writes per job).
+#: A job's "active" status is stored once it has run this long (give or take one more
+#: such period: a sweep stores the starts due); a job that ends sooner goes from
+#: "queued" to its outcome in one write (half the writes per job).
 START_RECORD_DELAY = 0.05
 
 
-class _DeferredStart:
-    """Stores a job's start after START_RECORD_DELAY, unless cancelled first."""
+class _Running:
+    """A job between its start and the submission of its outcome."""
 
-    __slots__ = ("_handle", "_runner", "fired", "payload", "queue", "started_at")
+    __slots__ = ("payload", "queue", "start_stored", "started_at")
 
-    def __init__(self, runner: JobRunner, queue: str, payload: Payload, started_at: float) -> None:
-        self._runner = runner
+    def __init__(self, queue: str, payload: Payload, started_at: float) -> None:
         self.queue = queue
         self.payload = payload
         self.started_at = started_at
-        self.fired = False
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(START_RECORD_DELAY, self._fire)
-
-    def _fire(self) -> None:
-        self.fired = True
-        r = self._runner
-        r.batcher.submit(r.writes.start(self.queue, r.worker_id, self.payload, self.started_at))
-
-    def cancel(self) -> bool:
-        """Cancel if not stored yet; True if it was not (the outcome must carry it)."""
-        if self.fired:
-            return False
-        self._handle.cancel()
-        return True
+        self.start_stored = False
 
 
 class BadArguments(TypeError):
@@ -100,6 +86,10 @@ class JobRunner:
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
+        self._tasks: set[asyncio.Task[None]] = set()  # every job handed over, until it ends
+        # Running jobs whose start is not stored yet, oldest first (insertion order).
+        self._unrecorded: dict[str, _Running] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     def abort(self, job_ids: set[str]) -> None:
         """Cancel the running jobs among ``job_ids``; jobs not started yet are dropped
@@ -113,8 +103,19 @@ class JobRunner:
         (the master puts them back). Call on the loop thread."""
         self._starting = False
 
+    async def cancel_running(self, timeout: float) -> None:
+        """Cancel every job still running (shutdown, after the grace period) and wait
+        up to ``timeout`` seconds for them to unwind; they stay in the active list."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (bounded), then close this loop's client."""
+        if self._sweep is not None:
+            self._sweep.cancel()
         if not await self.batcher.drain(timeout):
             log.error("some job writes could not be stored: those jobs run again")
         await self.broker.client.aclose()
@@ -122,34 +123,43 @@ class JobRunner:
     async def run_batch(
         self, queue: str, raws: list[bytes], on_done: Callable[[str], None]
     ) -> None:
-        """Run jobs taken together, each as a task of its own; ``on_done(status)`` is
-        called as each ends, also when it is cancelled ("cancelled") or its outcome
-        could not be stored ("error": it stays in the active list)."""
-        await asyncio.gather(*(self._run_reporting(queue, raw, on_done) for raw in raws))
+        """Start the jobs taken together, each as a task of its own, and return.
+
+        ``on_done(status)`` is called on the loop as each job ends: once its outcome
+        is stored, or with "cancelled" if it was cancelled (shutdown) before that, or
+        "error" if its outcome could not be stored (it stays in the active list)."""
+        loop = asyncio.get_running_loop()
+        for raw in raws:
+            task = loop.create_task(self._run_reporting(queue, raw, on_done))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._ended, on_done))
+
+    def _ended(self, on_done: Callable[[str], None], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():  # also before it ever ran: nothing more is written
+            on_done("cancelled")
 
     async def _run_reporting(self, queue: str, raw: bytes, on_done: Callable[[str], None]) -> None:
-        status = "cancelled"
         try:
-            status = await self.run(queue, raw)
+            async with self._slots:
+                if not self._starting:
+                    on_done("unstarted")
+                    return
+                status, writes = await self._run(queue, raw)
         except Exception as exc:
-            status = "error"
-            log.error("could not store a job's outcome, it will run again: %r", exc)
-        finally:
-            on_done(status)
+            log.exception("error running a job, it will run again: %r", exc)
+            on_done("error")
+            return
 
-    async def run(self, queue: str, raw: bytes) -> str:
-        """Run the job ``raw`` taken from ``queue`` once a slot is free; returns how it
-        ended ("unstarted" if the worker began stopping before it got a slot).
+        def stored(exc: BaseException | None) -> None:
+            if exc is not None:
+                log.error("could not store a job's outcome, it will run again: %r", exc)
+            on_done(status if exc is None else "error")
 
-        If cancelled (shutdown), nothing more is written: the job stays in the active
-        list and the master puts it back on the queue.
-        """
-        async with self._slots:
-            if not self._starting:
-                return "unstarted"
-            return await self._run(queue, raw)
+        self.batcher.submit(writes, stored)
 
-    async def _run(self, queue: str, raw: bytes) -> str:
+    async def _run(self, queue: str, raw: bytes) -> tuple[str, Writes]:
+        """Run the job; return how it ended and the writes that store its outcome."""
         try:
             payload, missing_id = decode(raw)
         except BadPayload as exc:
@@ -157,43 +167,65 @@ class JobRunner:
             entry = dead_entry(
                 queue, raw, f"bad payload: {exc}", job_id=peek_id(raw), error=f"BadPayload: {exc}"
             )
-            await self.batcher.write(self.writes.bury(self.worker_id, raw, entry))
             if self.metrics:
                 self.metrics.count("", "dead")
-            return "dead"
+            return "dead", self.writes.bury(self.worker_id, raw, entry)
         if missing_id:
             new_raw = payload.encode()
             self.batcher.submit(self.writes.give_id(queue, self.worker_id, raw, new_raw))
             raw = new_raw
         if payload.id in self._aborting:
             aborted = Outcome("aborted", error="Aborted before it ran")
-            await self.batcher.write(
-                self.writes.finish(queue, self.worker_id, raw, payload, aborted)
-            )
             if self.metrics:
                 self.metrics.count(payload.task, "aborted")
-            return "aborted"
+            return "aborted", self.writes.finish(queue, self.worker_id, raw, payload, aborted)
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
         started_at = time.time()
-        start = _DeferredStart(self, queue, payload, started_at)
+        running = _Running(queue, payload, started_at)
+        self._unrecorded[payload.id] = running
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(
+                START_RECORD_DELAY, self._store_starts
+            )
         if self.metrics:
             self.metrics.job_started(payload.task, payload.enqueued_at)
         try:
             outcome = await self._outcome_or_abort(task, payload, attempt)
         except BaseException:
+            self._unrecorded.pop(payload.id, None)
             if self.metrics:  # cancelled by a shutdown: put back, not finished
                 self.metrics.in_progress.dec()
             raise
+        self._unrecorded.pop(payload.id, None)
+        ended = time.time()
         if self.metrics:
-            self.metrics.job_ended(payload.task, outcome.status, time.time() - started_at)
-        quick = start.cancel()  # ended before its start was stored: store both at once
+            self.metrics.job_ended(payload.task, outcome.status, ended - started_at)
+        # Ended before its start was stored: the outcome stores both at once.
+        quick = not running.start_stored
         writes = self.writes.finish(
             queue, self.worker_id, raw, payload, outcome, started_at if quick else None
         )
-        await self.batcher.write(writes)
-        self._log(payload, outcome, time.time() - started_at, attempt)
-        return outcome.status
+        self._log(payload, outcome, ended - started_at, attempt)
+        return outcome.status, writes
+
+    def _store_starts(self) -> None:
+        """Store the start of every job running for START_RECORD_DELAY or more; come
+        back when the next one is due."""
+        self._sweep = None
+        due = time.time() - START_RECORD_DELAY
+        unrecorded = self._unrecorded
+        for job_id, running in list(unrecorded.items()):
+            if running.started_at > due:
+                break
+            del unrecorded[job_id]
+            running.start_stored = True
+            r = running
+            self.batcher.submit(self.writes.start(r.queue, self.worker_id, r.payload, r.started_at))
+        if unrecorded:
+            oldest = next(iter(unrecorded.values()))
+            wait = max(oldest.started_at - due, 0.001)
+            self._sweep = asyncio.get_running_loop().call_later(wait, self._store_starts)
 
     async def _outcome_or_abort(
         self, task: Task[Any, Any] | None, payload: Payload, attempt: int
