@@ -73,7 +73,8 @@ def main() -> None:
     default=None,
     envvar="TASKQ_PREFETCH",
     help="Jobs taken ahead of free slots, held in this worker's in-progress list "
-    "(default 0: an idle worker can take every waiting job).",
+    "(default: automatic, as many as start within about 20 ms judging by recent "
+    "run times, at most --concurrency; 0 takes none ahead).",
 )
 @click.option(
     "--metrics-port",

@@ -11,7 +11,7 @@ import redis
 import taskq
 from taskq import App, JobFailed, Worker
 from taskq.keys import Keys
-from taskq.worker.master import WorkerStats
+from taskq.worker.master import MAX_UNSTORED, WorkerStats
 
 from . import tasks
 from .helpers import as_text
@@ -180,3 +180,29 @@ def test_jobs_pushed_by_running_jobs_are_run_in_the_same_burst(app: App) -> None
     first = tasks.add.push(1, 1)
     burst(app)
     assert first.result(timeout=1) == 2
+
+
+def test_automatic_prefetch_takes_ahead_only_jobs_that_start_soon(app: App) -> None:
+    worker = Worker(app, concurrency=10, handle_signals=False)
+    assert worker.capacity == 10  # no run times yet: nothing taken ahead
+    for _ in range(50):
+        worker._running += 1
+        worker._job_ran(0.001)  # quick jobs: a slot frees every 0.1 ms
+    assert worker.capacity == 20
+    for _ in range(10):
+        worker._running += 1
+        worker._job_ran(1.0)  # long jobs: keep them for idle workers
+    assert worker.capacity == 10
+    fixed = Worker(app, concurrency=10, prefetch=3, handle_signals=False)
+    for _ in range(50):
+        fixed._running += 1
+        fixed._job_ran(0.001)
+    assert fixed.capacity == 13
+
+
+def test_jobs_whose_outcome_is_not_stored_yet_hold_no_slot_but_are_bounded(app: App) -> None:
+    worker = Worker(app, concurrency=4, prefetch=0, handle_signals=False)
+    worker._in_flight, worker._running = 10, 1  # 9 ran, their outcomes on the way
+    assert worker._free() == 3
+    worker._in_flight = MAX_UNSTORED + 1
+    assert worker._free() == 0

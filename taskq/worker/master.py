@@ -52,15 +52,21 @@ log = logging.getLogger(__name__)
 
 #: Longest the master blocks inside Redis waiting for a job, so it notices shutdown.
 BLOCK_SECONDS = 1.0
-#: Jobs a worker takes beyond its free slots. 0 by default: a job waiting in one
-#: worker's hands is a job an idle worker cannot run, and measured throughput did
-#: not improve with more (fetches are batched by free slots already).
-DEFAULT_PREFETCH = 0
+#: Without ``prefetch=``, a worker takes ahead only the jobs it expects to start
+#: within this many seconds (judged by how long recent runs took), at most
+#: ``concurrency`` of them: short jobs then never wait for a round trip to Redis,
+#: and long jobs are not held back from idle workers.
+AUTO_PREFETCH_WAIT = 0.02
+#: Weight of the latest run in the running average of run times.
+_RUN_TIME_WEIGHT = 0.05
 #: How often the master looks for abort requests (a running job is cancelled within
 #: about this long), and how long an unclaimed request is kept.
 ABORT_POLL = 0.5
 ABORT_POLL_IDLE = 5.0  # with nothing running, only jobs waiting can be aborted
 ABORT_FORGET = 86_400.0
+#: Jobs whose run ended but whose outcome is not stored yet (a slow Redis) that a
+#: worker lets pile up before it takes no more jobs.
+MAX_UNSTORED = 1000
 #: While busy, how often the master looks for due delayed jobs.
 PROMOTE_EVERY = 0.1
 #: After the grace period, how long cancelled jobs get to unwind.
@@ -121,9 +127,10 @@ class Worker:
         self.concurrency = self.settings.concurrency
         # Jobs taken beyond the running ones, so the loop never waits for a fetch.
         # They are in the worker's active list in Redis, like every taken job.
-        self.prefetch = DEFAULT_PREFETCH if prefetch is None else prefetch
-        self.capacity = self.concurrency + self.prefetch
-        self._refill = max(1, self.prefetch // 2)  # free slots worth waking the master for
+        # None: adapt to run times (see AUTO_PREFETCH_WAIT).
+        self.prefetch = prefetch
+        self._run_time: float | None = None  # running average, seconds (guarded by _slots)
+        self._set_prefetch(prefetch or 0)
         self.burst = burst
         self.metrics_port = metrics_port
         self.metrics: Metrics | None = None
@@ -132,9 +139,10 @@ class Worker:
         self.stats = WorkerStats()
         self.started = threading.Event()  # set once jobs can be taken (for callers and tests)
         self._slots = threading.Condition()
-        # Guarded by _slots: jobs handed to the loop and not finished, and jobs
-        # finished (any way) so far.
+        # Guarded by _slots: jobs handed to the loop whose outcome is not stored yet,
+        # those of them still running, and runs ended (any way) so far.
         self._in_flight = 0
+        self._running = 0
         self._completions = 0
         self._promote_at = 0.0
         self._aborts_at = self._aborts_busy_at = 0.0
@@ -293,7 +301,7 @@ class Worker:
         """Pass pending abort requests to the loop: every ABORT_POLL seconds while jobs
         run, every ABORT_POLL_IDLE seconds otherwise."""
         now = time.time()
-        if now < self._aborts_at and not (self._in_flight and now >= self._aborts_busy_at):
+        if now < self._aborts_at and not (self._running and now >= self._aborts_busy_at):
             return
         self._aborts_at = now + ABORT_POLL_IDLE
         self._aborts_busy_at = now + ABORT_POLL
@@ -340,7 +348,7 @@ class Worker:
         """How long to block in Redis: about a second; less if a delayed job is due,
         or while jobs run (so that an abort reaches them within a second)."""
         timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
-        if self._in_flight:
+        if self._running:
             timeout = min(timeout, ABORT_POLL)
         if self._cron is not None:
             next_tick = self._cron.next_due()
@@ -377,21 +385,53 @@ class Worker:
         assert self._runner is not None
         with self._slots:
             self._in_flight += len(raws)
-        self._loop.submit(self._runner.run_batch(queue, raws, self._job_done))
+            self._running += len(raws)
+        self._loop.submit(self._runner.run_batch(queue, raws, self._job_ran, self._job_done))
+
+    def _set_prefetch(self, prefetch: int) -> None:
+        self.capacity = self.concurrency + prefetch
+        self._refill = max(1, prefetch // 2)  # free slots worth waking the master for
+
+    def _adapt_prefetch(self, run_time: float) -> None:
+        """Fold ``run_time`` into the average and take ahead what starts within
+        AUTO_PREFETCH_WAIT seconds (call under ``_slots``, automatic prefetch only)."""
+        avg = self._run_time
+        avg = run_time if avg is None else avg + (run_time - avg) * _RUN_TIME_WEIGHT
+        self._run_time = avg
+        # `concurrency` slots each start a job every `avg` seconds.
+        ahead = self.concurrency * AUTO_PREFETCH_WAIT / max(avg, 1e-6)
+        self._set_prefetch(min(self.concurrency, int(ahead)))
+
+    def _free(self) -> int:
+        """Slots free for jobs (call under ``_slots``). Jobs whose outcome is not yet
+        stored do not hold a slot, but at most MAX_UNSTORED of them may pile up."""
+        if self._in_flight - self._running >= MAX_UNSTORED:
+            return 0
+        return self.capacity - self._running
+
+    def _job_ran(self, run_time: float | None) -> None:
+        """Called on the loop thread as each job's run ends (``run_time`` seconds;
+        None if it did not run), before its outcome is stored: its slot is free. The
+        master is woken once enough slots are free to be worth a fetch (half the
+        prefetch), or when nothing runs."""
+        with self._slots:
+            self._running -= 1
+            self._completions += 1
+            if run_time is not None and self.prefetch is None:
+                self._adapt_prefetch(run_time)
+            if self._free() >= self._refill or not self._running:
+                self._slots.notify_all()
 
     def _job_done(self, status: str) -> None:
-        """Called on the loop thread as each job ends (however it ends).
-
-        The master is woken once enough slots are free to be worth a fetch (half the
-        prefetch), or when nothing is left, not for every job."""
+        """Called on the loop thread as each job is over: its outcome stored, or it
+        was cancelled, or its outcome could not be stored (it stays active)."""
         with self._slots:
             self._in_flight -= 1
-            self._completions += 1
             if status in ("done", "failed", "dead", "aborted"):
                 setattr(self.stats, status, getattr(self.stats, status) + 1)
             elif status == "scheduled":
                 self.stats.retried += 1
-            if self.capacity - self._in_flight >= self._refill or not self._in_flight:
+            if not self._in_flight or self._in_flight - self._running == MAX_UNSTORED - 1:
                 self._slots.notify_all()
 
     def _wait_for_slot(self, timeout: float) -> int:
@@ -399,18 +439,18 @@ class Worker:
         passes; return the free slots (0 if stopping)."""
         deadline = time.monotonic() + timeout
         with self._slots:
-            while self.capacity - self._in_flight < self._refill and not self.stopping:
+            while self._free() < self._refill and not self.stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._slots.wait(min(left, 0.25))
-            return 0 if self.stopping else self.capacity - self._in_flight
+            return 0 if self.stopping else self._free()
 
     def _burst_wait(self, seen: int) -> None:
         """Queues are empty: stop if nothing runs, else wait for a job to finish
         (it may push more jobs)."""
         with self._slots:
-            if not self._in_flight and self._completions == seen:
+            if not self._running and self._completions == seen:
                 self.stop("burst: queues empty")
                 return
             while self._completions == seen and not self.stopping:

@@ -33,6 +33,11 @@ _MAX_BACKOFF = 5.0
 #: "queued" to its outcome in one write (half the writes per job).
 START_RECORD_DELAY = 0.05
 
+#: Reports a job's run is over (seconds it ran; None if it did not run).
+Ran = Callable[[float | None], None]
+#: Reports a job is over, with how it ended.
+Done = Callable[[str], None]
+
 
 class _Running:
     """A job between its start and the submission of its outcome."""
@@ -120,35 +125,51 @@ class JobRunner:
             log.error("some job writes could not be stored: those jobs run again")
         await self.broker.client.aclose()
 
-    async def run_batch(
-        self, queue: str, raws: list[bytes], on_done: Callable[[str], None]
-    ) -> None:
+    async def run_batch(self, queue: str, raws: list[bytes], on_ran: Ran, on_done: Done) -> None:
         """Start the jobs taken together, each as a task of its own, and return.
 
-        ``on_done(status)`` is called on the loop as each job ends: once its outcome
-        is stored, or with "cancelled" if it was cancelled (shutdown) before that, or
-        "error" if its outcome could not be stored (it stays in the active list)."""
+        For each job, on the loop: ``on_ran(seconds)`` once its run is over (its
+        slot is free; None if it did not run), then ``on_done(status)`` once its
+        outcome is stored, or with "cancelled" if it was cancelled (shutdown) before
+        that, or "error" if its outcome could not be stored (it stays active)."""
         loop = asyncio.get_running_loop()
+        ended = functools.partial(self._ended, on_ran, on_done)
         for raw in raws:
-            task = loop.create_task(self._run_reporting(queue, raw, on_done))
+            task = loop.create_task(self._run_reporting(queue, raw, on_ran, on_done))
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._ended, on_done))
+            task.add_done_callback(ended)
 
-    def _ended(self, on_done: Callable[[str], None], task: asyncio.Task[None]) -> None:
+    def _ended(
+        self,
+        on_ran: Ran,
+        on_done: Done,
+        task: asyncio.Task[None],
+    ) -> None:
         self._tasks.discard(task)
         if task.cancelled():  # also before it ever ran: nothing more is written
+            on_ran(None)
             on_done("cancelled")
 
-    async def _run_reporting(self, queue: str, raw: bytes, on_done: Callable[[str], None]) -> None:
+    async def _run_reporting(
+        self,
+        queue: str,
+        raw: bytes,
+        on_ran: Ran,
+        on_done: Done,
+    ) -> None:
+        run_time: float | None = None
         try:
             async with self._slots:
                 if not self._starting:
-                    on_done("unstarted")
-                    return
-                status, writes = await self._run(queue, raw)
+                    status: str | None = "unstarted"
+                else:
+                    status, writes, run_time = await self._run(queue, raw)
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
-            on_done("error")
+            status = None
+        on_ran(run_time)  # no await from here on: a cancellation cannot come in between
+        if status is None or status == "unstarted":
+            on_done(status or "error")
             return
 
         def stored(exc: BaseException | None) -> None:
@@ -158,8 +179,9 @@ class JobRunner:
 
         self.batcher.submit(writes, stored)
 
-    async def _run(self, queue: str, raw: bytes) -> tuple[str, Writes]:
-        """Run the job; return how it ended and the writes that store its outcome."""
+    async def _run(self, queue: str, raw: bytes) -> tuple[str, Writes, float | None]:
+        """Run the job; return how it ended, the writes that store its outcome, and
+        how long it ran (None if it did not)."""
         try:
             payload, missing_id = decode(raw)
         except BadPayload as exc:
@@ -169,7 +191,7 @@ class JobRunner:
             )
             if self.metrics:
                 self.metrics.count("", "dead")
-            return "dead", self.writes.bury(self.worker_id, raw, entry)
+            return "dead", self.writes.bury(self.worker_id, raw, entry), None
         if missing_id:
             new_raw = payload.encode()
             self.batcher.submit(self.writes.give_id(queue, self.worker_id, raw, new_raw))
@@ -178,7 +200,8 @@ class JobRunner:
             aborted = Outcome("aborted", error="Aborted before it ran")
             if self.metrics:
                 self.metrics.count(payload.task, "aborted")
-            return "aborted", self.writes.finish(queue, self.worker_id, raw, payload, aborted)
+            writes = self.writes.finish(queue, self.worker_id, raw, payload, aborted)
+            return "aborted", writes, None
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
         started_at = time.time()
@@ -207,7 +230,7 @@ class JobRunner:
             queue, self.worker_id, raw, payload, outcome, started_at if quick else None
         )
         self._log(payload, outcome, ended - started_at, attempt)
-        return outcome.status, writes
+        return outcome.status, writes, ended - started_at
 
     def _store_starts(self) -> None:
         """Store the start of every job running for START_RECORD_DELAY or more; come
