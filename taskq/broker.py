@@ -50,6 +50,19 @@ def stall_key(raw: bytes) -> str:
     return peek_id(raw) or "raw-" + hashlib.sha1(raw).hexdigest()
 
 
+def _read_replies(conn: Any, n: int) -> int:
+    """Read ``n`` replies sent for on ``conn``; raise the first error among them."""
+    errors = []
+    for _ in range(n):
+        try:
+            conn.read_response()
+        except redis.ResponseError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return 0
+
+
 class Broker:
     """Synchronous verbs. Thread-safe: each command borrows a pooled connection."""
 
@@ -95,13 +108,49 @@ class Broker:
                 self._script(source)(keys=keys, args=args, client=pipe)
             pipe.execute()
 
+    def _apply_streamed(self, batches: Iterable[Writes]) -> None:
+        """Apply ``batches`` in order on one connection, each sent as soon as it is
+        built and the replies read at the end: Redis applies one batch while the
+        next is built. On a plain Redis client; a batch that is not one APPLY call
+        waits for those before it, then goes the usual way."""
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py 5 wants a command name
+            conn = pool.get_connection("EVAL")
+        sent = 0
+        try:
+            for w in batches:
+                trips = round_trips(w, cluster=False)
+                call = trips[0].scripts[0] if len(trips) == 1 else None
+                if call is None or trips[0].commands or call[0] != scripts.APPLY:
+                    sent = _read_replies(conn, sent)
+                    self.apply(w)
+                    continue
+                source, keys, args = call
+                conn.send_command("EVAL", source, len(keys), *keys, *args)
+                sent += 1
+            _read_replies(conn, sent)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse it as it is
+            raise
+        finally:
+            pool.release(conn)
+
     # -- producers -------------------------------------------------------------------
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
         # In slices, so that one APPLY call never holds Redis for long.
-        for start in range(0, len(jobs), PUSH_BATCH):
-            self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
+        batches = (
+            self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
+            for start in range(0, len(jobs), PUSH_BATCH)
+        )
+        if len(jobs) > PUSH_BATCH and type(self.client) is redis.Redis:
+            self._apply_streamed(batches)
+            return
+        for w in batches:
+            self.apply(w)
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

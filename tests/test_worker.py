@@ -10,6 +10,7 @@ import redis
 
 import taskq
 from taskq import App, JobFailed, Worker
+from taskq.broker import PUSH_BATCH
 from taskq.keys import Keys
 from taskq.worker.master import MAX_UNSTORED, WorkerStats
 
@@ -169,6 +170,26 @@ def test_push_refuses_bad_values_before_anything_reaches_redis(app: App, r: redi
     with pytest.raises(ValueError, match="limit"):
         tasks.record.push("x" * (2 << 20))
     assert r.dbsize() == 0
+
+
+def test_a_bulk_push_over_several_batches_keeps_order_and_reports_errors(
+    app: App, r: redis.Redis
+) -> None:
+    n = PUSH_BATCH * 2 + 7  # streamed: three batches on one connection
+    jobs = tasks.record.push_many([(i,) for i in range(n)])
+    queue = KEYS.queue("default")
+    assert r.llen(queue) == n
+    first_out = json.loads(r.lindex(queue, -1) or "")  # LPUSH: the oldest is at the tail
+    assert (first_out["id"], first_out["args"]) == (jobs[0].id, [0])
+    assert json.loads(r.lindex(queue, 0) or "")["args"] == [n - 1]
+    assert r.exists(*(KEYS.job(j.id) for j in jobs[:: PUSH_BATCH // 2])) == 5
+    r.delete(queue)
+    r.set(queue, "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        tasks.record.push_many([(i,) for i in range(n)])
+    r.delete(queue)
+    tasks.record.push_many([(i,) for i in range(n)])  # the connection is still good
+    assert r.llen(queue) == n
 
 
 def test_burst_worker_returns_when_queue_is_empty(app: App) -> None:
