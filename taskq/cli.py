@@ -74,7 +74,7 @@ def main() -> None:
     envvar="TASKQ_PREFETCH",
     help="Jobs taken ahead of free slots, held in this worker's in-progress list "
     "(default: automatic, as many as start within about 20 ms judging by recent "
-    "run times, at most --concurrency; 0 takes none ahead).",
+    "run times, at most 4 x --concurrency; 0 takes none ahead).",
 )
 @click.option(
     "--metrics-port",

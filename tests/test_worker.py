@@ -12,7 +12,7 @@ import taskq
 from taskq import App, JobFailed, Worker
 from taskq.broker import PUSH_BATCH
 from taskq.keys import Keys
-from taskq.worker.master import MAX_UNSTORED, WorkerStats
+from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 
 from . import tasks
 from .helpers import as_text
@@ -209,7 +209,7 @@ def test_automatic_prefetch_takes_ahead_only_jobs_that_start_soon(app: App) -> N
     for _ in range(50):
         worker._running += 1
         worker._job_ran(0.001)  # quick jobs: a slot frees every 0.1 ms
-    assert worker.capacity == 20
+    assert worker.capacity == 10 + AUTO_PREFETCH_MAX * 10
     for _ in range(10):
         worker._running += 1
         worker._job_ran(1.0)  # long jobs: keep them for idle workers

@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 BLOCK_SECONDS = 1.0
 #: Without ``prefetch=``, a worker takes ahead only the jobs it expects to start
 #: within this many seconds (judged by how long recent runs took), at most
-#: ``concurrency`` of them: short jobs then never wait for a round trip to Redis,
-#: and long jobs are not held back from idle workers.
+#: AUTO_PREFETCH_MAX x ``concurrency`` of them: short jobs then never wait for a
+#: round trip to Redis, and long jobs are not held back from idle workers.
 AUTO_PREFETCH_WAIT = 0.02
+AUTO_PREFETCH_MAX = 4
 #: Weight of the latest run in the running average of run times.
 _RUN_TIME_WEIGHT = 0.05
 #: How often the master looks for abort requests (a running job is cancelled within
@@ -400,7 +401,7 @@ class Worker:
         self._run_time = avg
         # `concurrency` slots each start a job every `avg` seconds.
         ahead = self.concurrency * AUTO_PREFETCH_WAIT / max(avg, 1e-6)
-        self._set_prefetch(min(self.concurrency, int(ahead)))
+        self._set_prefetch(min(AUTO_PREFETCH_MAX * self.concurrency, int(ahead)))
 
     def _free(self) -> int:
         """Slots free for jobs (call under ``_slots``). Jobs whose outcome is not yet

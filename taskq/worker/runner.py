@@ -290,7 +290,7 @@ class JobRunner:
         except BaseException as exc:  # a task's SystemExit must not stop the loop thread
             return self._failure(task, exc, attempt)
         try:
-            return Outcome("done", result=dumps(value))
+            return Outcome("done", result="null" if value is None else dumps(value))
         except (TypeError, ValueError) as exc:
             return Outcome(
                 "failed",
