@@ -50,17 +50,9 @@ def stall_key(raw: bytes) -> str:
     return peek_id(raw) or "raw-" + hashlib.sha1(raw).hexdigest()
 
 
-def _read_replies(conn: Any, n: int) -> int:
-    """Read ``n`` replies sent for on ``conn``; raise the first error among them."""
-    errors = []
-    for _ in range(n):
-        try:
-            conn.read_response()
-        except redis.ResponseError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-    return 0
+def _send(conn: Any, *args: Any) -> None:
+    # No health check: its PING would be answered after the replies still unread.
+    conn.send_command(*args, check_health=False)
 
 
 class Broker:
@@ -111,8 +103,8 @@ class Broker:
     def _apply_streamed(self, batches: Iterable[Writes]) -> None:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
         built and the replies read at the end: Redis applies one batch while the
-        next is built. On a plain Redis client; a batch that is not one APPLY call
-        waits for those before it, then goes the usual way."""
+        next is built (one connection keeps them in order). A batch that fails does
+        not stop those sent after it; the first error is raised."""
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()
@@ -121,16 +113,21 @@ class Broker:
         sent = 0
         try:
             for w in batches:
-                trips = round_trips(w, cluster=False)
-                call = trips[0].scripts[0] if len(trips) == 1 else None
-                if call is None or trips[0].commands or call[0] != scripts.APPLY:
-                    sent = _read_replies(conn, sent)
-                    self.apply(w)
-                    continue
-                source, keys, args = call
-                conn.send_command("EVAL", source, len(keys), *keys, *args)
-                sent += 1
-            _read_replies(conn, sent)
+                for trip in round_trips(w, cluster=False):
+                    for name, key, args in trip.commands:
+                        _send(conn, name, key, *args)
+                        sent += 1
+                    for source, keys, argv in trip.scripts:
+                        _send(conn, "EVAL", source, len(keys), *keys, *argv)
+                        sent += 1
+            errors = []
+            for _ in range(sent):
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse it as it is
             raise
