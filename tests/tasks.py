@@ -186,6 +186,20 @@ async def asks_to_retry(name: str) -> int:
     return run
 
 
+@app.task(retries=1)
+async def retries_at_once(name: str) -> int:
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+    if run == 1:
+        raise taskq.Retry(delay=0)
+    return run
+
+
+@app.task
+async def raises_cancelled() -> None:
+    raise asyncio.CancelledError  # from the job's own code, nobody cancelled it
+
+
 @app.task
 async def asks_to_retry_without_budget() -> None:
     raise taskq.Retry(delay=0)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from typing import cast
 
 import pytest
 import redis
 
 import taskq
 from taskq import App, JobFailed, Worker
-from taskq.broker import PUSH_BATCH
+from taskq.abroker import AsyncBroker
+from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
+from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
+from taskq.writes import Writes
 
 from . import tasks
 from .helpers import as_text
@@ -227,3 +232,59 @@ def test_jobs_whose_outcome_is_not_stored_yet_hold_no_slot_but_are_bounded(app: 
     assert worker._free() == 3
     worker._in_flight = MAX_UNSTORED + 1
     assert worker._free() == 0
+
+
+def test_free_slots_never_go_negative_when_the_prefetch_shrinks(app: App) -> None:
+    worker = Worker(app, concurrency=4, handle_signals=False)
+    worker._in_flight = worker._running = 7  # taken while the prefetch was larger
+    assert worker._free() == 0
+
+
+def test_burst_waits_for_an_immediate_retry_to_be_stored_and_run(app: App) -> None:
+    job = tasks.retries_at_once.push("now")
+    stats = burst(app)
+    assert job.result(timeout=1) == 2
+    assert (stats.retried, stats.done) == (1, 1)
+
+
+def test_a_job_raising_cancelled_error_itself_fails_and_frees_its_slot(
+    app: App, r: redis.Redis
+) -> None:
+    job = tasks.raises_cancelled.push()
+    after = tasks.add.push(1, 2)
+    stats = burst(app, concurrency=1)
+    with pytest.raises(JobFailed, match="CancelledError"):
+        job.result(timeout=1)
+    assert after.result(timeout=1) == 3
+    assert (stats.failed, stats.done) == (1, 1)
+    assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
+    class Unreachable:
+        async def apply(self, writes: Writes) -> None:
+            await asyncio.Event().wait()  # Redis never answers
+
+    async def stop_with_writes_pending() -> list[BaseException | None]:
+        batcher = WriteBatcher(cast(AsyncBroker, Unreachable()))
+        told: list[BaseException | None] = []
+        batcher.submit(Writes(), told.append)  # taken by the flusher, in flight
+        await asyncio.sleep(0.01)
+        batcher.submit(Writes(), told.append)  # still waiting its turn
+        assert not await batcher.drain(0.05)
+        return told
+
+    told = asyncio.run(stop_with_writes_pending())
+    assert [type(e) for e in told] == [WriteAbandoned, WriteAbandoned]
+
+
+def test_a_streamed_bulk_push_sends_no_health_check_between_batches(
+    redis_url: str, r: redis.Redis
+) -> None:
+    # A health check before every command but those of the stream, whose PING would
+    # read a batch's reply instead of its PONG.
+    broker = Broker(redis.Redis.from_url(redis_url, health_check_interval=1e-9))
+    jobs = [tasks.add.payload((i, i), {}) for i in range(PUSH_BATCH * 2 + 1)]
+    broker.push("default", jobs)
+    assert r.llen(KEYS.queue("default")) == len(jobs)
+    broker.client.close()

@@ -8,13 +8,14 @@ so batching adds no latency; a busy worker sends one pipeline for many jobs.
 
 Order is kept: writes are applied in the order they were submitted, so a job's
 start is always stored before its outcome. During a Redis outage the flusher retries
-the same batch with capped backoff; the jobs waiting on it keep their slots, so the
-master takes no new work until Redis is back.
+the same batch with capped backoff; the master cannot take jobs either, and takes
+none once MAX_UNSTORED outcomes wait (see :mod:`taskq.worker.master`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 _MAX_BACKOFF = 5.0
+
+
+class WriteAbandoned(Exception):
+    """Writes that were not stored before the worker stopped (the jobs run again)."""
+
 
 #: Called once the writes are stored (with None) or refused (with the error).
 Stored = Callable[[BaseException | None], None]
@@ -67,18 +73,16 @@ class WriteBatcher:
         merged = Writes()
         for writes, _ in batch:
             merged.merge(writes)
-        error: BaseException | None = None
         try:
             await self._apply(merged)
         except Exception as exc:  # a refused command: tell these jobs, go on
             log.exception("redis refused a batch of %d writes", len(batch))
-            error = exc
-        for _, stored in batch:
-            if stored is not None:
-                try:
-                    stored(error)
-                except Exception:
-                    log.exception("error in a write's callback")
+            _tell(batch, exc)
+            return
+        except asyncio.CancelledError:  # drain gave up: maybe not stored
+            _tell(batch, WriteAbandoned("not stored before the worker stopped"))
+            raise
+        _tell(batch, None)
 
     async def _apply(self, writes: Writes) -> None:
         delay = 0.1
@@ -94,12 +98,28 @@ class WriteBatcher:
                 delay = min(delay * 2, _MAX_BACKOFF)
 
     async def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for pending writes; False if some remain."""
-        if self._flusher is None:
+        """Wait up to ``timeout`` seconds for pending writes; False if some remain
+        (their callbacks are then told they were not stored)."""
+        flusher = self._flusher
+        if flusher is None:
             return not self._pending
         try:
-            await asyncio.wait_for(asyncio.shield(self._flusher), timeout)
+            await asyncio.wait_for(asyncio.shield(flusher), timeout)
         except TimeoutError:
-            self._flusher.cancel()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            left, self._pending = self._pending, []
+            _tell(left, WriteAbandoned("not stored before the worker stopped"))
             return False
         return not self._pending
+
+
+def _tell(batch: list[tuple[Writes, Stored | None]], error: BaseException | None) -> None:
+    """Call the callbacks of ``batch`` with how its writes went."""
+    for _, stored in batch:
+        if stored is not None:
+            try:
+                stored(error)
+            except Exception:
+                log.exception("error in a write's callback")

@@ -3,11 +3,12 @@
 Threads and who owns what:
 
 * the master (the thread that calls :meth:`Worker.run`, normally the main thread)
-  takes jobs with its own sync Redis client and hands each to the loop thread with
-  ``run_coroutine_threadsafe``. It never holds more jobs than there are free slots.
+  takes jobs with its own sync Redis client, as many as there are free slots plus
+  the prefetch, and hands them to the loop thread with ``run_coroutine_threadsafe``.
 * the loop thread runs the asyncio event loop; jobs run there concurrently, and
-  write their outcomes with the loop's own async client. Done-callbacks of the
-  futures run there too: they only update counters under ``_slots``.
+  their outcomes are stored in batches with the loop's own async client. The
+  runner's callbacks (a run ended, an outcome stored) run there too: they only
+  update counters under ``_slots``.
 * plain ``def`` tasks run in :class:`DaemonExecutor` threads, never on the loop.
 * the heartbeat thread keeps the worker's lease alive with its own sync client.
 
@@ -141,7 +142,8 @@ class Worker:
         self.started = threading.Event()  # set once jobs can be taken (for callers and tests)
         self._slots = threading.Condition()
         # Guarded by _slots: jobs handed to the loop whose outcome is not stored yet,
-        # those of them still running, and runs ended (any way) so far.
+        # those of them still running, and how many runs and outcomes have ended
+        # (any way) so far.
         self._in_flight = 0
         self._running = 0
         self._completions = 0
@@ -408,7 +410,7 @@ class Worker:
         stored do not hold a slot, but at most MAX_UNSTORED of them may pile up."""
         if self._in_flight - self._running >= MAX_UNSTORED:
             return 0
-        return self.capacity - self._running
+        return max(0, self.capacity - self._running)  # prefetch may have shrunk
 
     def _job_ran(self, run_time: float | None) -> None:
         """Called on the loop thread as each job's run ends (``run_time`` seconds;
@@ -428,6 +430,7 @@ class Worker:
         was cancelled, or its outcome could not be stored (it stays active)."""
         with self._slots:
             self._in_flight -= 1
+            self._completions += 1
             if status in ("done", "failed", "dead", "aborted"):
                 setattr(self.stats, status, getattr(self.stats, status) + 1)
             elif status == "scheduled":
@@ -448,10 +451,11 @@ class Worker:
             return 0 if self.stopping else self._free()
 
     def _burst_wait(self, seen: int) -> None:
-        """Queues are empty: stop if nothing runs, else wait for a job to finish
-        (it may push more jobs)."""
+        """Queues are empty: stop if no job is left (run and stored: a retry must be
+        stored to be seen), else wait for a job's run or outcome to end (it may push
+        more jobs)."""
         with self._slots:
-            if not self._running and self._completions == seen:
+            if not self._in_flight and self._completions == seen:
                 self.stop("burst: queues empty")
                 return
             while self._completions == seen and not self.stopping:

@@ -15,7 +15,7 @@ from ..app import App, Task
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
 from ..writes import Outcome, Writes, dead_entry
-from .batcher import WriteBatcher
+from .batcher import WriteAbandoned, WriteBatcher
 from .executor import DaemonExecutor
 
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ T = TypeVar("T")
 _MAX_BACKOFF = 5.0
 
 
-#: A job's "active" status is stored once it has run this long (give or take one more
-#: such period: a sweep stores the starts due); a job that ends sooner goes from
+#: A job's "active" status is stored once it has run this long (a sweep, set for the
+#: oldest job's due time, stores the starts due); a job that ends sooner goes from
 #: "queued" to its outcome in one write (half the writes per job).
 START_RECORD_DELAY = 0.05
 
@@ -37,6 +37,25 @@ START_RECORD_DELAY = 0.05
 Ran = Callable[[float | None], None]
 #: Reports a job is over, with how it ended.
 Done = Callable[[str], None]
+
+
+class _Ended:
+    """How a job's run ended: its status, the writes that store its outcome, how long
+    it ran, and what to log once they are stored (None if it never ran)."""
+
+    __slots__ = ("attempt", "outcome", "payload", "run_time", "status", "writes")
+
+    def __init__(
+        self,
+        status: str,
+        writes: Writes,
+        run: tuple[Payload, Outcome, int, float] | None = None,
+    ) -> None:
+        self.status = status
+        self.writes = writes
+        self.run_time: float | None = None
+        if run is not None:
+            self.payload, self.outcome, self.attempt, self.run_time = run
 
 
 class _Running:
@@ -157,31 +176,37 @@ class JobRunner:
         on_ran: Ran,
         on_done: Done,
     ) -> None:
-        run_time: float | None = None
+        ended: _Ended | None = None
+        status = "error"
         try:
             async with self._slots:
-                if not self._starting:
-                    status: str | None = "unstarted"
+                if self._starting:
+                    ended = await self._run(queue, raw)
                 else:
-                    status, writes, run_time = await self._run(queue, raw)
+                    status = "unstarted"  # stays in the active list: put back
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
-            status = None
-        on_ran(run_time)  # no await from here on: a cancellation cannot come in between
-        if status is None or status == "unstarted":
-            on_done(status or "error")
+        # No await from here on: a cancellation cannot come in between.
+        on_ran(None if ended is None else ended.run_time)
+        if ended is None:
+            on_done(status)
             return
+        result = ended
 
         def stored(exc: BaseException | None) -> None:
-            if exc is not None:
+            if exc is None:
+                if result.run_time is not None:
+                    self._log(result.payload, result.outcome, result.run_time, result.attempt)
+                on_done(result.status)
+                return
+            if not isinstance(exc, WriteAbandoned):
                 log.error("could not store a job's outcome, it will run again: %r", exc)
-            on_done(status if exc is None else "error")
+            on_done("error")
 
-        self.batcher.submit(writes, stored)
+        self.batcher.submit(ended.writes, stored)
 
-    async def _run(self, queue: str, raw: bytes) -> tuple[str, Writes, float | None]:
-        """Run the job; return how it ended, the writes that store its outcome, and
-        how long it ran (None if it did not)."""
+    async def _run(self, queue: str, raw: bytes) -> _Ended:
+        """Run the job; return how it ended."""
         try:
             payload, missing_id = decode(raw)
         except BadPayload as exc:
@@ -191,7 +216,7 @@ class JobRunner:
             )
             if self.metrics:
                 self.metrics.count("", "dead")
-            return "dead", self.writes.bury(self.worker_id, raw, entry), None
+            return _Ended("dead", self.writes.bury(self.worker_id, raw, entry))
         if missing_id:
             new_raw = payload.encode()
             self.batcher.submit(self.writes.give_id(queue, self.worker_id, raw, new_raw))
@@ -200,8 +225,9 @@ class JobRunner:
             aborted = Outcome("aborted", error="Aborted before it ran")
             if self.metrics:
                 self.metrics.count(payload.task, "aborted")
-            writes = self.writes.finish(queue, self.worker_id, raw, payload, aborted)
-            return "aborted", writes, None
+            return _Ended(
+                "aborted", self.writes.finish(queue, self.worker_id, raw, payload, aborted)
+            )
         task = self.app.tasks.get(payload.task)
         attempt = payload.attempts + 1
         started_at = time.time()
@@ -221,16 +247,15 @@ class JobRunner:
                 self.metrics.in_progress.dec()
             raise
         self._unrecorded.pop(payload.id, None)
-        ended = time.time()
+        run_time = time.time() - started_at
         if self.metrics:
-            self.metrics.job_ended(payload.task, outcome.status, ended - started_at)
+            self.metrics.job_ended(payload.task, outcome.status, run_time)
         # Ended before its start was stored: the outcome stores both at once.
         quick = not running.start_stored
         writes = self.writes.finish(
             queue, self.worker_id, raw, payload, outcome, started_at if quick else None
         )
-        self._log(payload, outcome, ended - started_at, attempt)
-        return outcome.status, writes, ended - started_at
+        return _Ended(outcome.status, writes, (payload, outcome, attempt, run_time))
 
     def _store_starts(self) -> None:
         """Store the start of every job running for START_RECORD_DELAY or more; come
@@ -238,12 +263,12 @@ class JobRunner:
         self._sweep = None
         due = time.time() - START_RECORD_DELAY
         unrecorded = self._unrecorded
-        for job_id, running in list(unrecorded.items()):
-            if running.started_at > due:
+        while unrecorded:
+            r = next(iter(unrecorded.values()))  # the oldest (insertion order)
+            if r.started_at > due:
                 break
-            del unrecorded[job_id]
-            running.start_stored = True
-            r = running
+            del unrecorded[r.payload.id]
+            r.start_stored = True
             self.batcher.submit(self.writes.start(r.queue, self.worker_id, r.payload, r.started_at))
         if unrecorded:
             oldest = next(iter(unrecorded.values()))
@@ -285,8 +310,11 @@ class JobRunner:
             return Outcome(
                 "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
             )
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            me = asyncio.current_task()
+            if me is None or me.cancelling():
+                raise  # cancelled from outside: an abort or a shutdown
+            return self._failure(task, exc, attempt)  # the job's code raised it itself
         except BaseException as exc:  # a task's SystemExit must not stop the loop thread
             return self._failure(task, exc, attempt)
         try:
