@@ -104,7 +104,7 @@ def main() -> None:
     "--burst",
     is_flag=True,
     envvar="TASKQ_BURST",
-    help="Stop once the queues are empty and nothing runs.",
+    help="Stop once the queues are empty and nothing runs (delayed jobs are left).",
 )
 @click.option(
     "--log-level",

@@ -435,6 +435,7 @@ class Worker:
                 setattr(self.stats, status, getattr(self.stats, status) + 1)
             elif status == "scheduled":
                 self.stats.retried += 1
+                self._promote_at = 0.0  # an immediate retry is due now: look at once
             if not self._in_flight or self._in_flight - self._running == MAX_UNSTORED - 1:
                 self._slots.notify_all()
 
