@@ -69,7 +69,7 @@ class Metrics:
         )
         self.reconnects = Counter(
             "taskq_redis_reconnects",
-            "Redis operations retried after a connection error",
+            "Redis operations retried after an error (Redis down or restarting)",
             registry=registry,
         )
 

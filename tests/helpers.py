@@ -1,13 +1,16 @@
-"""Shared test helpers: waiting on events, workers in threads and in processes."""
+"""Shared test helpers: waiting on events, workers in threads and in processes, and
+scraping a worker's metrics."""
 
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from taskq import App, Worker
 
@@ -59,3 +62,13 @@ def worker_thread(app: App, **options: Any) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop"
     if errors:
         raise errors[0]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import signal
-import urllib.request
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 import taskq
 from taskq import App
 
 from . import tasks
+from .helpers import scrape
 from .proc import TaskqProcess
 from .redis_server import free_port
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_counters_match_the_jobs_pushed(app: App, worker_env: dict[str, str]) -> None:
