@@ -9,6 +9,11 @@ event-loop thread and every other thread, and prints each thread's hottest funct
 (by own time) and the whole process's. ``--out`` also writes one ``.pstats`` per
 thread (open with ``python -m pstats`` or snakeviz). The profiler slows everything
 ~2x: compare the shares, not the rates, with bench.py's.
+
+``--cpu`` runs without the profiler and prints what each thread cost per job instead:
+CPU time (from /proc, read as the last job completes) and context switches. The loop
+thread's CPU per job is the steadiest figure to compare changes by on a noisy machine;
+many voluntary switches in the master mean it waits for the GIL.
 """
 
 from __future__ import annotations
@@ -53,6 +58,75 @@ def report(stats: pstats.Stats, title: str, top: int) -> None:
     print("\n".join(lines[start:]))
 
 
+def _thread_costs() -> dict[str, tuple[float, int, int]]:
+    """CPU seconds and (voluntary, involuntary) context switches of each thread."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    costs = {}
+    for tid in os.listdir("/proc/self/task"):
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+        costs[names.get(int(tid), tid)] = (
+            (int(stat[11]) + int(stat[12])) / tick,
+            int(status["voluntary_ctxt_switches"]),
+            int(status["nonvoluntary_ctxt_switches"]),
+        )
+    return costs
+
+
+def _measure_cpu(jobs: int) -> None:
+    """Make the next worker print each thread's cost per job: from the moment it
+    starts taking jobs to the moment it starts shutting down (threads all alive)."""
+    from taskq.worker.master import Worker
+
+    fetch_loop, shutdown = Worker._fetch_loop, Worker._shutdown
+    before: dict[str, tuple[float, int, int]] = {}
+
+    def measured_fetch_loop(self: Worker, *a: Any) -> None:
+        before.update(_thread_costs())
+        fetch_loop(self, *a)
+
+    def measured_shutdown(self: Worker, *a: Any) -> None:
+        for name, (cpu, vol, invol) in sorted(_thread_costs().items()):
+            cpu0, vol0, invol0 = before.get(name, (0.0, 0, 0))
+            print(
+                f"{name:16} {(cpu - cpu0) * 1e6 / jobs:7.1f} us CPU/job   "
+                f"{(vol - vol0) / jobs:5.2f} voluntary + "
+                f"{(invol - invol0) / jobs:.2f} forced switches/job"
+            )
+        shutdown(self, *a)
+
+    Worker._fetch_loop = measured_fetch_loop  # type: ignore[method-assign]
+    Worker._shutdown = measured_shutdown  # type: ignore[method-assign]
+
+
+def _report_threads(top: int, out: Path | None) -> None:
+    """Print each profiled thread's hottest functions, then all threads', and write
+    their .pstats to ``out``."""
+
+    combined: pstats.Stats | None = None
+    for name, prof in _profiles:
+        with suppress(Exception):
+            prof.disable()
+        stats = pstats.Stats(prof)
+        if stats.total_tt < 0.05:  # type: ignore[attr-defined]
+            continue
+        report(stats, f"thread {name}", top)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            stats.dump_stats(out / f"{name.split()[0]}.pstats")
+        if combined is None:
+            combined = pstats.Stats(prof)
+        else:
+            combined.add(prof)
+    if combined is not None:
+        report(combined, "all threads", top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -60,6 +134,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--cpu", action="store_true", help="per-thread CPU, no profiler")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="taskq-profile-"))
     with redis_server(workdir) as url:
@@ -75,6 +150,10 @@ def main() -> None:
         bench_tasks.app.close()  # the CLI configures the app afresh
         argv = ["worker", "--app", "libs.taskq", "--redis-url", url, "--burst"]
         argv += ["--concurrency", str(args.concurrency), "--log-level", "warning"]
+        if args.cpu:
+            _measure_cpu(args.jobs)
+            cli.main(argv, standalone_mode=False)
+            return
         main_prof = cProfile.Profile()
         _profiles.append(("MainThread (master)", main_prof))
         threading.setprofile(_profile_new_thread)
@@ -91,23 +170,7 @@ def main() -> None:
         f"{done}/{args.jobs} {args.kind} jobs, concurrency {args.concurrency}: {elapsed:.1f}s "
         f"with the profiler on ({done / elapsed:.0f} jobs/s, start-up included)"
     )
-    combined: pstats.Stats | None = None
-    for name, prof in _profiles:
-        with suppress(Exception):
-            prof.disable()
-        stats = pstats.Stats(prof)
-        if stats.total_tt < 0.05:  # type: ignore[attr-defined]
-            continue
-        report(stats, f"thread {name}", args.top)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            stats.dump_stats(args.out / f"{name.split()[0]}.pstats")
-        if combined is None:
-            combined = pstats.Stats(prof)
-        else:
-            combined.add(prof)
-    if combined is not None:
-        report(combined, "all threads", args.top)
+    _report_threads(args.top, args.out)
 
 
 if __name__ == "__main__":
