@@ -178,20 +178,11 @@ async def only_key_errors_retry(exc: str) -> None:
 
 
 @app.task(retries=2)
-async def asks_to_retry(name: str) -> int:
+async def asks_to_retry(name: str, delay: float = 0.05) -> int:
     with _client() as c:
         run = int(c.incr(f"runs:{name}"))
     if run == 1:
-        raise taskq.Retry(delay=0.05)
-    return run
-
-
-@app.task(retries=1)
-async def retries_at_once(name: str) -> int:
-    with _client() as c:
-        run = int(c.incr(f"runs:{name}"))
-    if run == 1:
-        raise taskq.Retry(delay=0)
+        raise taskq.Retry(delay=delay)
     return run
 
 

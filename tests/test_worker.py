@@ -241,7 +241,7 @@ def test_free_slots_never_go_negative_when_the_prefetch_shrinks(app: App) -> Non
 
 
 def test_burst_waits_for_an_immediate_retry_to_be_stored_and_run(app: App) -> None:
-    job = tasks.retries_at_once.push("now")
+    job = tasks.asks_to_retry.push("now", 0)
     stats = burst(app)
     assert job.result(timeout=1) == 2
     assert (stats.retried, stats.done) == (1, 1)
