@@ -971,7 +971,8 @@ def main(argv: list[str] | None = None) -> int:
             (out_dir / "results.json").write_text(
                 json.dumps(
                     {
-                        "config": asdict(cfg),
+                        # where the results went is this machine's business
+                        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
                         "elapsed_seconds": elapsed,
                         "versions": bench.info,
                         "taskq_revision": bench.revision,
