@@ -262,14 +262,19 @@ def test_a_job_raising_cancelled_error_itself_fails_and_frees_its_slot(
 
 def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
     class Unreachable:
+        def __init__(self) -> None:
+            self.sending = asyncio.Event()
+
         async def apply(self, writes: Writes) -> None:
+            self.sending.set()
             await asyncio.Event().wait()  # Redis never answers
 
     async def stop_with_writes_pending() -> list[BaseException | None]:
-        batcher = WriteBatcher(cast(AsyncBroker, Unreachable()))
+        redis_down = Unreachable()
+        batcher = WriteBatcher(cast(AsyncBroker, redis_down))
         told: list[BaseException | None] = []
-        batcher.submit(Writes(), told.append)  # taken by the flusher, in flight
-        await asyncio.sleep(0.01)
+        batcher.submit(Writes(), told.append)
+        await redis_down.sending.wait()  # the first batch is in flight
         batcher.submit(Writes(), told.append)  # still waiting its turn
         assert not await batcher.drain(0.05)
         return told
