@@ -427,7 +427,9 @@ class Worker:
 
     def _job_done(self, status: str) -> None:
         """Called on the loop thread as each job is over: its outcome stored, or it
-        was cancelled, or its outcome could not be stored (it stays active)."""
+        was cancelled, or its outcome could not be stored (it stays active). Wakes
+        the master if nothing is left, or if slots are free (once MAX_UNSTORED
+        outcomes waited, a stored one frees them)."""
         with self._slots:
             self._in_flight -= 1
             self._completions += 1
@@ -436,7 +438,7 @@ class Worker:
             elif status == "scheduled":
                 self.stats.retried += 1
                 self._promote_at = 0.0  # an immediate retry is due now: look at once
-            if not self._in_flight or self._in_flight - self._running == MAX_UNSTORED - 1:
+            if not self._in_flight or self._free() >= self._refill:
                 self._slots.notify_all()
 
     def _wait_for_slot(self, timeout: float) -> int:
