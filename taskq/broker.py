@@ -13,12 +13,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+
+try:
+    from hiredis import pack_command
+except ImportError:  # redis-py without its hiredis extra
+    pack_command = None  # type: ignore[assignment]
 
 from . import scripts
 from .keys import Keys
@@ -27,6 +34,10 @@ from .writes import WriteBuilder, Writes, record_fields, round_trips
 
 #: Jobs pushed in one round trip (one APPLY call on a single Redis).
 PUSH_BATCH = 2000
+#: Writes of fewer commands go as they are on the sync path (hiredis packs a few
+#: faster than APPLY's JSON, and Redis runs them without a script); more go as one
+#: APPLY call (one JSON argument packs faster than thousands of commands).
+RAW_APPLY_MIN = 16
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
@@ -50,9 +61,13 @@ def stall_key(raw: bytes) -> str:
     return peek_id(raw) or "raw-" + hashlib.sha1(raw).hexdigest()
 
 
-def _send(conn: Any, *args: Any) -> None:
-    # No health check: its PING would be answered after the replies still unread.
-    conn.send_command(*args, check_health=False)
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in Redis's protocol: hiredis's packer straight (what redis-py
+    calls per command, behind checks costing three times the packing), else
+    redis-py's."""
+    if pack_command is None:
+        return conn.pack_commands(commands)
+    return [b"".join([pack_command(command) for command in commands])]
 
 
 class Broker:
@@ -71,6 +86,11 @@ class Broker:
         self.keys = keys or Keys()
         self.dead_retention = dead_retention
         self.cluster = is_cluster(client)
+        # A plain client on one Redis: writes go straight to a connection (see
+        # _send_and_read); a cluster's, or fakeredis's, go through redis-py.
+        self._raw = type(client) is redis.Redis
+        self._own: Any = None
+        self._own_lock = threading.Lock()
         self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
         self._fetch_many = self._script(scripts.FETCH_MANY)
@@ -88,66 +108,123 @@ class Broker:
 
     def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :func:`taskq.writes.round_trips`)."""
-        for trip in round_trips(w, self.cluster):
-            if not trip.commands and len(trip.scripts) == 1:
-                source, keys, args = trip.scripts[0]
-                self._script(source)(keys=keys, args=args)
-                continue
-            pipe = self.client.pipeline(transaction=False)
-            for name, key, command_args in trip.commands:
-                pipe.execute_command(name, key, *command_args)
-            for source, keys, args in trip.scripts:
-                self._script(source)(keys=keys, args=args, client=pipe)
-            pipe.execute()
+        if not self._raw:
+            for trip in round_trips(w, self.cluster):
+                if not trip.commands and len(trip.scripts) == 1:
+                    source, keys, args = trip.scripts[0]
+                    self._script(source)(keys=keys, args=args)
+                    continue
+                pipe = self.client.pipeline(transaction=False)
+                for name, key, command_args in trip.commands:
+                    pipe.execute_command(name, key, *command_args)
+                for source, keys, args in trip.scripts:
+                    self._script(source)(keys=keys, args=args, client=pipe)
+                pipe.execute()
+            return
+        self._write([w], retry=True)
 
     def _apply_streamed(self, batches: Iterable[Writes]) -> None:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
         built and the replies read at the end: Redis applies one batch while the
-        next is built (one connection keeps them in order). A batch that fails does
-        not stop those sent after it; the first error is raised."""
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py 5 wants a command name
-            conn = pool.get_connection("EVAL")
-        sent = 0
-        try:
+        next is built. Not retried: batches sent before a lost connection may have
+        been applied."""
+        if not self._raw:
             for w in batches:
-                for trip in round_trips(w, cluster=False):
-                    for name, key, args in trip.commands:
-                        _send(conn, name, key, *args)
-                        sent += 1
-                    for source, keys, argv in trip.scripts:
-                        _send(conn, "EVAL", source, len(keys), *keys, *argv)
-                        sent += 1
-            errors = []
-            for _ in range(sent):
-                try:
-                    conn.read_response()
-                except redis.ResponseError as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+                self.apply(w)
+            return
+        self._write(batches, retry=False)
+
+    def _write(self, batches: Iterable[Writes], retry: bool) -> None:
+        conn, own = self._borrow()
+        try:
+            if retry:  # on a lost connection, as redis-py retries its own commands
+                sent = list(batches)
+                conn.retry.call_with_retry(
+                    lambda: self._send_and_read(conn, sent), lambda _error: conn.disconnect()
+                )
+            else:
+                self._send_and_read(conn, batches)
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse it as it is
             raise
         finally:
-            pool.release(conn)
+            self._give_back(conn, own)
+
+    def _borrow(self) -> tuple[Any, bool]:
+        """A connection for the raw path, and whether it is the broker's own: kept
+        for whichever thread finds it free (borrowing from redis-py's pool costs
+        about as much CPU as Redis spends on a push); other threads use the pool."""
+        if not self._own_lock.acquire(blocking=False):
+            return self._pool_connection(), False
+        try:
+            conn = self._own
+            if conn is None or conn.pid != os.getpid():  # new, or made before a fork
+                conn = self._own = self._pool_connection()
+            else:  # as the pool checks: closed by Redis while idle (or left unread)?
+                try:
+                    stale = conn.can_read()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    stale = True
+                if stale:
+                    conn.disconnect()  # sending connects it again
+        except BaseException:
+            self._own_lock.release()
+            raise
+        return conn, True
+
+    def _give_back(self, conn: Any, own: bool) -> None:
+        if own:
+            self._own_lock.release()
+        else:
+            self.client.connection_pool.release(conn)
+
+    def _pool_connection(self) -> Any:
+        pool = self.client.connection_pool
+        try:
+            return pool.get_connection()
+        except TypeError:  # redis-py 5 wants a command name
+            return pool.get_connection("EVAL")
+
+    @staticmethod
+    def _send_and_read(conn: Any, batches: Iterable[Writes]) -> None:
+        """Send each batch's commands in one write, then read every reply. A
+        command that fails does not stop those after it; the first error is raised.
+
+        Straight on one connection: redis-py's per-command machinery costs more
+        than Redis takes to run a push. Scripts go as EVAL: an EVALSHA refused with
+        NOSCRIPT would break the order of the commands sent after it."""
+        sent = 0
+        for w in batches:
+            commands: list[tuple[Any, ...]] = []
+            for trip in round_trips(w, cluster=False, apply_min=RAW_APPLY_MIN):
+                commands += [(name, key, *args) for name, key, args in trip.commands]
+                commands += [
+                    ("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in trip.scripts
+                ]
+            # No health check: its PING would be answered after replies still unread.
+            conn.send_packed_command(_pack(conn, commands), check_health=False)
+            sent += len(commands)
+        errors = []
+        for _ in range(sent):
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     # -- producers -------------------------------------------------------------------
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
+        if len(jobs) <= PUSH_BATCH:
+            self.apply(self.writes.push(queue, jobs, due))
+            return
         # In slices, so that one APPLY call never holds Redis for long.
-        batches = (
+        self._apply_streamed(
             self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
             for start in range(0, len(jobs), PUSH_BATCH)
         )
-        if len(jobs) > PUSH_BATCH and type(self.client) is redis.Redis:
-            self._apply_streamed(batches)
-            return
-        for w in batches:
-            self.apply(w)
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

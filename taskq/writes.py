@@ -107,13 +107,15 @@ class RoundTrip:
     scripts: list[ScriptCall]
 
 
-def round_trips(w: Writes, cluster: bool) -> list[RoundTrip]:
+def round_trips(w: Writes, cluster: bool, apply_min: int = 1) -> list[RoundTrip]:
     """The round trips that carry out ``w`` in its phase order; both brokers send
-    exactly these. One Redis: one APPLY call when there are no scripts, else one
-    pipeline. A cluster: a round trip per phase, each script on its own."""
+    exactly these. One Redis: one APPLY call when there are no scripts and at least
+    ``apply_min`` commands, else one pipeline. A cluster: a round trip per phase,
+    each script on its own."""
     commands = w.commands()
     if not cluster:
-        call = None if w.scripts else as_apply_call(commands)
+        use_apply = not w.scripts and len(commands) >= apply_min
+        call = as_apply_call(commands) if use_apply else None
         if call is not None:
             return [RoundTrip([], [(scripts.APPLY, call[0], [call[1]])])]
         return [RoundTrip(commands, w.scripts)]

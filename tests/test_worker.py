@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from typing import cast
 
@@ -293,3 +294,67 @@ def test_a_streamed_bulk_push_sends_no_health_check_between_batches(
     broker.push("default", jobs)
     assert r.llen(KEYS.queue("default")) == len(jobs)
     broker.client.close()
+
+
+def _writes_run(r: redis.Redis) -> dict[str, int]:
+    """Redis's count of each writing command run since its stats were reset."""
+    stats = r.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return {name: n for name, n in calls.items() if name in {"hset", "sadd", "lpush", "eval"}}
+
+
+def test_a_single_push_is_three_plain_commands_and_a_bulk_push_one_script(
+    app: App, r: redis.Redis
+) -> None:
+    r.config_resetstat()
+    tasks.add.push(1, 2)
+    assert _writes_run(r) == {"hset": 1, "sadd": 1, "lpush": 1}
+    r.config_resetstat()
+    tasks.add.push_many([(i, i) for i in range(100)])
+    # One APPLY script call, its JSON argument carrying every command.
+    assert _writes_run(r) == {"eval": 1, "hset": 100, "sadd": 1, "lpush": 1}
+    assert r.llen(KEYS.queue("default")) == 101
+
+
+def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
+    app: App, r: redis.Redis
+) -> None:
+    # One thread at a time borrows the broker's own connection, the others the pool.
+    per_thread, threads = 300, 6
+    ids: list[str] = []
+    go = threading.Barrier(threads)
+
+    def producer() -> None:
+        go.wait()
+        ids.extend(tasks.add.push(i, i).id for i in range(per_thread))
+
+    workers = [threading.Thread(target=producer) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(set(ids)) == per_thread * threads
+    assert r.llen(KEYS.queue("default")) == per_thread * threads
+    assert r.exists(*(KEYS.job(i) for i in ids[::50])) == len(ids[::50])
+    killed = r.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the broker's connections among them
+    job = tasks.add.push(1, 1)  # retried on a fresh connection
+    assert r.hget(KEYS.job(job.id), "status") == b"queued"
+
+
+def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -> None:
+    tasks.add.push(0, 0)  # the parent's connection exists before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: a shared socket would mix up the replies
+        code = 1
+        try:
+            for i in range(200):
+                tasks.add.push(i, i)
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(200):
+        tasks.add.push(i, i)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert r.llen(KEYS.queue("default")) == 401
