@@ -9,10 +9,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from . import scripts
-from .broker import PUSH_BATCH, fields_of, is_cluster, queue_records, queue_status, text
+from .broker import (
+    PUSH_BATCH,
+    fields_of,
+    is_cluster,
+    pack,
+    queue_records,
+    queue_status,
+    raw_commands,
+    text,
+)
 from .keys import Keys
 from .payload import Payload
 from .writes import WriteBuilder, Writes, round_trips
@@ -31,6 +41,11 @@ class AsyncBroker:
         self.cluster = is_cluster(client)
         self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
+        # As in Broker: writes go straight to a connection on one Redis, on this
+        # broker's own while no other write of this loop holds it.
+        self._raw = type(client) is aioredis.Redis
+        self._own: Any = None
+        self._own_busy = False
 
     def _script(self, source: str) -> Any:
         script = self._scripts.get(source)
@@ -40,6 +55,9 @@ class AsyncBroker:
 
     async def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :func:`taskq.writes.round_trips`)."""
+        if self._raw:
+            await self._write(w)
+            return
         for trip in round_trips(w, self.cluster):
             if not trip.commands and len(trip.scripts) == 1:
                 source, keys, args = trip.scripts[0]
@@ -51,6 +69,57 @@ class AsyncBroker:
             for source, keys, args in trip.scripts:
                 await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()
+
+    async def _write(self, w: Writes) -> None:
+        """See :meth:`taskq.broker.Broker._send_and_read`."""
+        commands = raw_commands(w)
+        conn, own = await self._borrow()
+        try:
+
+            async def send_and_read() -> None:
+                await conn.send_packed_command(pack(conn, commands), check_health=False)
+                errors = []
+                for _ in commands:
+                    try:
+                        await conn.read_response()
+                    except redis.ResponseError as exc:
+                        errors.append(exc)
+                if errors:
+                    raise errors[0]
+
+            # On a lost connection, as redis-py retries its own commands.
+            await conn.retry.call_with_retry(send_and_read, _disconnecting(conn))
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse it as it is
+            raise
+        finally:
+            if own:
+                self._own_busy = False
+            else:
+                await self.client.connection_pool.release(conn)
+
+    async def _borrow(self) -> tuple[Any, bool]:
+        pool = self.client.connection_pool
+        if self._own_busy:
+            return await _pool_connection(pool), False
+        self._own_busy = True
+        try:
+            conn = self._own
+            if conn is None:
+                conn = self._own = await _pool_connection(pool)
+            else:  # as the pool checks: closed by Redis while idle (or left unread)?
+                # can_read (redis-py 8) or can_read_destructive (5 to 7): no read waits.
+                can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+                try:
+                    stale = await can_read()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    stale = True
+                if stale:
+                    await conn.disconnect()  # sending connects it again
+        except BaseException:
+            self._own_busy = False
+            raise
+        return conn, True
 
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
@@ -85,3 +154,17 @@ class AsyncBroker:
         pipe = self.client.pipeline(transaction=False)
         queue_records(pipe, self.keys, job_ids)
         return [fields_of(r) for r in await pipe.execute()]
+
+
+async def _pool_connection(pool: Any) -> Any:
+    try:
+        return await pool.get_connection()
+    except TypeError:  # redis-py 5 wants a command name
+        return await pool.get_connection("EVAL")
+
+
+def _disconnecting(conn: Any) -> Any:
+    async def fail(_error: BaseException) -> None:
+        await conn.disconnect()
+
+    return fail

@@ -34,8 +34,7 @@ from .writes import WriteBuilder, Writes, record_fields, round_trips
 
 #: Jobs pushed in one round trip (one APPLY call on a single Redis).
 PUSH_BATCH = 2000
-#: Writes of fewer commands go as they are on the sync path (hiredis packs a few
-#: faster than APPLY's JSON, and Redis runs them without a script); more go as one
+#: Writes of fewer commands go as they are (see :func:`raw_commands`); more go as one
 #: APPLY call (one JSON argument packs faster than thousands of commands).
 RAW_APPLY_MIN = 16
 #: Jobs a master moves from the delayed set to the queue in one step.
@@ -61,12 +60,27 @@ def stall_key(raw: bytes) -> str:
     return peek_id(raw) or "raw-" + hashlib.sha1(raw).hexdigest()
 
 
-def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
+    """``w`` as the commands the brokers send straight on one connection to one
+    Redis: small writes as they are (hiredis packs a few faster than APPLY's JSON,
+    and Redis runs them without a script), others in one APPLY call. Scripts go as
+    EVAL: an EVALSHA refused with NOSCRIPT would break the order of the commands
+    sent after it."""
+    commands: list[tuple[Any, ...]] = []
+    for trip in round_trips(w, cluster=False, apply_min=RAW_APPLY_MIN):
+        commands += [(name, key, *args) for name, key, args in trip.commands]
+        commands += [
+            ("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in trip.scripts
+        ]
+    return commands
+
+
+def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     """The commands in Redis's protocol: hiredis's packer straight (what redis-py
-    calls per command, behind checks costing three times the packing), else
-    redis-py's."""
+    calls per command, behind checks costing three times the packing; its asyncio
+    client packs in Python), else redis-py's."""
     if pack_command is None:
-        return conn.pack_commands(commands)
+        return list(conn.pack_commands(commands))
     return [b"".join([pack_command(command) for command in commands])]
 
 
@@ -187,22 +201,15 @@ class Broker:
 
     @staticmethod
     def _send_and_read(conn: Any, batches: Iterable[Writes]) -> None:
-        """Send each batch's commands in one write, then read every reply. A
-        command that fails does not stop those after it; the first error is raised.
-
-        Straight on one connection: redis-py's per-command machinery costs more
-        than Redis takes to run a push. Scripts go as EVAL: an EVALSHA refused with
-        NOSCRIPT would break the order of the commands sent after it."""
+        """Send each batch's commands (:func:`raw_commands`) in one write, then read
+        every reply. A command that fails does not stop those after it; the first
+        error is raised. Straight on one connection: redis-py's per-command
+        machinery costs more than Redis takes to run a push."""
         sent = 0
         for w in batches:
-            commands: list[tuple[Any, ...]] = []
-            for trip in round_trips(w, cluster=False, apply_min=RAW_APPLY_MIN):
-                commands += [(name, key, *args) for name, key, args in trip.commands]
-                commands += [
-                    ("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in trip.scripts
-                ]
+            commands = raw_commands(w)
             # No health check: its PING would be answered after replies still unread.
-            conn.send_packed_command(_pack(conn, commands), check_health=False)
+            conn.send_packed_command(pack(conn, commands), check_health=False)
             sent += len(commands)
         errors = []
         for _ in range(sent):

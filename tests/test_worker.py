@@ -313,7 +313,15 @@ def test_a_single_push_is_three_plain_commands_and_a_bulk_push_one_script(
     tasks.add.push_many([(i, i) for i in range(100)])
     # One APPLY script call, its JSON argument carrying every command.
     assert _writes_run(r) == {"eval": 1, "hset": 100, "sadd": 1, "lpush": 1}
-    assert r.llen(KEYS.queue("default")) == 101
+
+    async def apush() -> None:
+        await tasks.add.apush(3, 4)
+        await app.aclose()
+
+    r.config_resetstat()
+    asyncio.run(apush())
+    assert _writes_run(r) == {"hset": 1, "sadd": 1, "lpush": 1}
+    assert r.llen(KEYS.queue("default")) == 102
 
 
 def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
@@ -340,6 +348,27 @@ def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
     assert killed >= 1  # the broker's connections among them
     job = tasks.add.push(1, 1)  # retried on a fresh connection
     assert r.hget(KEYS.job(job.id), "status") == b"queued"
+
+
+def test_async_pushes_at_once_land_and_a_killed_connection_is_remade(
+    app: App, r: redis.Redis
+) -> None:
+    # One coroutine at a time writes on the loop's own connection, the others on
+    # connections of the pool.
+    async def push_all() -> list[str]:
+        jobs = await asyncio.gather(*(tasks.add.apush(i, i) for i in range(50)))
+        r.client_kill_filter(_type="normal", skipme=True)  # its FIN is sent at once
+        # Two loop passes: one polls the sockets, the next reads their EOF.
+        for _ in range(2):
+            await asyncio.sleep(0)
+        jobs.append(await tasks.add.apush(1, 1))  # on a fresh connection
+        await app.aclose()
+        return [job.id for job in jobs]
+
+    ids = asyncio.run(push_all())
+    assert len(set(ids)) == 51
+    assert r.llen(KEYS.queue("default")) == 51
+    assert r.hget(KEYS.job(ids[-1]), "status") == b"queued"
 
 
 def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -> None:
