@@ -32,11 +32,8 @@ from .keys import Keys
 from .payload import Payload, dumps, peek_id
 from .writes import WriteBuilder, Writes, record_fields, round_trips
 
-#: Jobs pushed in one round trip (one APPLY call on a single Redis).
+#: Jobs pushed in one batch (a bulk push streams its batches).
 PUSH_BATCH = 2000
-#: Writes of fewer commands go as they are (see :func:`raw_commands`); more go as one
-#: APPLY call (one JSON argument packs faster than thousands of commands).
-RAW_APPLY_MIN = 16
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
@@ -62,16 +59,10 @@ def stall_key(raw: bytes) -> str:
 
 def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     """``w`` as the commands the brokers send straight on one connection to one
-    Redis: small writes as they are (hiredis packs a few faster than APPLY's JSON,
-    and Redis runs them without a script), others in one APPLY call. Scripts go as
-    EVAL: an EVALSHA refused with NOSCRIPT would break the order of the commands
-    sent after it."""
-    commands: list[tuple[Any, ...]] = []
-    for trip in round_trips(w, cluster=False, apply_min=RAW_APPLY_MIN):
-        commands += [(name, key, *args) for name, key, args in trip.commands]
-        commands += [
-            ("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in trip.scripts
-        ]
+    Redis, in its phase order. Scripts go as EVAL: an EVALSHA refused with NOSCRIPT
+    would break the order of the commands sent after it."""
+    commands: list[tuple[Any, ...]] = [(name, key, *args) for name, key, args in w.commands()]
+    commands += [("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts]
     return commands
 
 
@@ -227,7 +218,7 @@ class Broker:
         if len(jobs) <= PUSH_BATCH:
             self.apply(self.writes.push(queue, jobs, due))
             return
-        # In slices, so that one APPLY call never holds Redis for long.
+        # In slices, each sent as soon as it is built.
         self._apply_streamed(
             self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
             for start in range(0, len(jobs), PUSH_BATCH)

@@ -106,18 +106,6 @@ redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: the keys the commands touch. ARGV[1]: a JSON array of commands, each
-# [name, index of its key in KEYS, [other arguments]]. Runs a batch of simple writes
-# (HSET, EXPIRE, LREM, HINCRBY, HDEL, ...) in one call: one argument to send and one
-# reply to read, however many jobs the batch covers.
-APPLY = """
-local commands = cjson.decode(ARGV[1])
-for _, c in ipairs(commands) do
-  redis.call(c[1], KEYS[c[2]], unpack(c[3]))
-end
-return #commands
-"""
-
 # KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
 # Pushes the job unless another job holds the key; returns the id of the job that
 # holds it now (this one if it was pushed). Two producers racing make one job.

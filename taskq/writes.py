@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -66,39 +65,6 @@ class Writes:
         return self.records + self.queue_commands()
 
 
-#: Lua's unpack() takes a few thousand values at most: bigger commands go pipelined.
-_APPLY_MAX_ARGS = 1000
-#: Jobs per LPUSH/ZADD of a push, so a bulk push fits in APPLY calls.
-_PUSH_CHUNK = 400
-
-
-def as_apply_call(commands: Sequence[Command]) -> tuple[list[str], str] | None:
-    """KEYS and the JSON argument that make the APPLY script run ``commands`` in one
-    call; None if they cannot go that way (too many arguments, or bytes that are not
-    UTF-8 text)."""
-    index: dict[str, int] = {}
-    encoded = []
-    for name, key, args in commands:
-        if len(args) >= _APPLY_MAX_ARGS:
-            return None
-        encoded.append((name, index.setdefault(key, len(index) + 1), args))
-    try:
-        return list(index), _APPLY_JSON.encode(encoded)
-    except UnicodeDecodeError:
-        return None
-
-
-def _bytes_as_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    raise TypeError(f"cannot send {type(value).__name__} to Redis")
-
-
-_APPLY_JSON = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_bytes_as_text
-)
-
-
 @dataclass(frozen=True)
 class RoundTrip:
     """What one round trip sends, in order: commands, then script calls."""
@@ -107,18 +73,13 @@ class RoundTrip:
     scripts: list[ScriptCall]
 
 
-def round_trips(w: Writes, cluster: bool, apply_min: int = 1) -> list[RoundTrip]:
-    """The round trips that carry out ``w`` in its phase order; both brokers send
-    exactly these. One Redis: one APPLY call when there are no scripts and at least
-    ``apply_min`` commands, else one pipeline. A cluster: a round trip per phase,
-    each script on its own."""
-    commands = w.commands()
+def round_trips(w: Writes, cluster: bool) -> list[RoundTrip]:
+    """The round trips that carry out ``w`` in its phase order, as redis-py
+    pipelines. One Redis: one pipeline. A cluster: a round trip per phase, each
+    script on its own. (On one Redis, the brokers of a real client send the same
+    commands straight on a connection: :func:`taskq.broker.raw_commands`.)"""
     if not cluster:
-        use_apply = not w.scripts and len(commands) >= apply_min
-        call = as_apply_call(commands) if use_apply else None
-        if call is not None:
-            return [RoundTrip([], [(scripts.APPLY, call[0], [call[1]])])]
-        return [RoundTrip(commands, w.scripts)]
+        return [RoundTrip(w.commands(), w.scripts)]
     phases = [RoundTrip(phase, []) for phase in (w.records, w.queue_commands()) if phase]
     return phases + [RoundTrip([], [call]) for call in w.scripts]
 
@@ -221,14 +182,11 @@ class WriteBuilder:
             if due is not None:
                 fields["due_at"] = repr(due)
             w.records.append(hset(k.job(payload.id), fields))
-        raws = [raw for _, raw in jobs]
-        for start in range(0, len(raws), _PUSH_CHUNK):  # commands small enough for APPLY
-            chunk = raws[start : start + _PUSH_CHUNK]
-            if due is None:
-                w.queue.append(("LPUSH", k.queue(queue), tuple(chunk)))
-            else:
-                pairs = tuple(x for r in chunk for x in (due, r))
-                w.queue.append(("ZADD", k.delayed(queue), pairs))
+        raws = tuple(raw for _, raw in jobs)
+        if due is None:
+            w.queue.append(("LPUSH", k.queue(queue), raws))
+        else:
+            w.queue.append(("ZADD", k.delayed(queue), tuple(x for r in raws for x in (due, r))))
         w.records.append(("SADD", k.queues(), (queue,)))
         return w
 

@@ -300,19 +300,19 @@ def _writes_run(r: redis.Redis) -> dict[str, int]:
     """Redis's count of each writing command run since its stats were reset."""
     stats = r.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    return {name: n for name, n in calls.items() if name in {"hset", "sadd", "lpush", "eval"}}
+    return {
+        name: n for name, n in calls.items() if name in {"hset", "sadd", "lpush", "eval", "evalsha"}
+    }
 
 
-def test_a_single_push_is_three_plain_commands_and_a_bulk_push_one_script(
-    app: App, r: redis.Redis
-) -> None:
+def test_pushes_are_plain_commands_without_scripts(app: App, r: redis.Redis) -> None:
+    # Cheapest for Redis: no Lua (a script would show as eval or evalsha).
     r.config_resetstat()
     tasks.add.push(1, 2)
     assert _writes_run(r) == {"hset": 1, "sadd": 1, "lpush": 1}
     r.config_resetstat()
     tasks.add.push_many([(i, i) for i in range(100)])
-    # One APPLY script call, its JSON argument carrying every command.
-    assert _writes_run(r) == {"eval": 1, "hset": 100, "sadd": 1, "lpush": 1}
+    assert _writes_run(r) == {"hset": 100, "sadd": 1, "lpush": 1}
 
     async def apush() -> None:
         await tasks.add.apush(3, 4)
