@@ -58,8 +58,9 @@ def report(stats: pstats.Stats, title: str, top: int) -> None:
     print("\n".join(lines[start:]))
 
 
-def _thread_costs() -> dict[str, tuple[float, int, int]]:
-    """CPU seconds and (voluntary, involuntary) context switches of each thread."""
+def _thread_costs() -> dict[str, tuple[float, float, int, int]]:
+    """User and system CPU seconds and (voluntary, involuntary) context switches of
+    each thread."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
     costs = {}
@@ -71,7 +72,8 @@ def _thread_costs() -> dict[str, tuple[float, int, int]]:
             if ":\t" in line
         )
         costs[names.get(int(tid), tid)] = (
-            (int(stat[11]) + int(stat[12])) / tick,
+            int(stat[11]) / tick,
+            int(stat[12]) / tick,
             int(status["voluntary_ctxt_switches"]),
             int(status["nonvoluntary_ctxt_switches"]),
         )
@@ -84,18 +86,19 @@ def _measure_cpu(jobs: int) -> None:
     from taskq.worker.master import Worker
 
     fetch_loop, shutdown = Worker._fetch_loop, Worker._shutdown
-    before: dict[str, tuple[float, int, int]] = {}
+    before: dict[str, tuple[float, float, int, int]] = {}
 
     def measured_fetch_loop(self: Worker, *a: Any) -> None:
         before.update(_thread_costs())
         fetch_loop(self, *a)
 
     def measured_shutdown(self: Worker, *a: Any) -> None:
-        for name, (cpu, vol, invol) in sorted(_thread_costs().items()):
-            cpu0, vol0, invol0 = before.get(name, (0.0, 0, 0))
+        for name, (user, system, vol, invol) in sorted(_thread_costs().items()):
+            user0, system0, vol0, invol0 = before.get(name, (0.0, 0.0, 0, 0))
+            cpu = (user - user0 + system - system0) * 1e6 / jobs
             print(
-                f"{name:16} {(cpu - cpu0) * 1e6 / jobs:7.1f} us CPU/job   "
-                f"{(vol - vol0) / jobs:5.2f} voluntary + "
+                f"{name:16} {cpu:7.1f} us CPU/job ({(system - system0) * 1e6 / jobs:5.1f} in "
+                f"the kernel)   {(vol - vol0) / jobs:5.2f} voluntary + "
                 f"{(invol - invol0) / jobs:.2f} forced switches/job"
             )
         shutdown(self, *a)
