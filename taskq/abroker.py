@@ -17,10 +17,12 @@ from .broker import (
     PUSH_BATCH,
     fields_of,
     is_cluster,
+    own_connection,
     pack,
     queue_records,
     queue_status,
     raw_commands,
+    reply_errors,
     text,
 )
 from .keys import Keys
@@ -81,7 +83,7 @@ class AsyncBroker:
                 errors = []
                 for _ in commands:
                     try:
-                        await conn.read_response()
+                        errors += reply_errors(await conn.read_response())
                     except redis.ResponseError as exc:
                         errors.append(exc)
                 if errors:
@@ -104,22 +106,20 @@ class AsyncBroker:
             return await _pool_connection(pool), False
         self._own_busy = True
         try:
-            conn = self._own
-            if conn is None:
-                conn = self._own = await _pool_connection(pool)
-            else:  # as the pool checks: closed by Redis while idle (or left unread)?
-                # can_read (redis-py 8) or can_read_destructive (5 to 7): no read waits.
-                can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
-                try:
-                    stale = await can_read()
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    stale = True
-                if stale:
-                    await conn.disconnect()  # sending connects it again
+            if self._own is None:
+                self._own = own_connection(pool)
+            elif await _closed_while_idle(self._own):
+                await self._own.disconnect()  # sending connects it again
         except BaseException:
             self._own_busy = False
             raise
-        return conn, True
+        return self._own, True
+
+    async def aclose(self) -> None:
+        """Close the client's connections and the broker's own."""
+        if self._own is not None:
+            await self._own.disconnect()
+        await self.client.aclose()
 
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
@@ -161,6 +161,18 @@ async def _pool_connection(pool: Any) -> Any:
         return await pool.get_connection()
     except TypeError:  # redis-py 5 wants a command name
         return await pool.get_connection("EVAL")
+
+
+async def _closed_while_idle(conn: Any) -> bool:
+    """See :func:`taskq.broker.closed_while_idle`."""
+    if not conn.is_connected:
+        return False  # sending connects it
+    # can_read (redis-py 8) or can_read_destructive (5 to 7): neither waits.
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive
+    try:
+        return bool(await can_read())
+    except (redis.RedisError, OSError):
+        return True
 
 
 def _disconnecting(conn: Any) -> Any:

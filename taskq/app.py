@@ -402,11 +402,11 @@ class App:
     def close(self) -> None:
         """Close the synchronous client's connections."""
         if self._broker is not None:
-            self._broker.client.close()
+            self._broker.close()
             self._broker = None
 
     async def aclose(self) -> None:
         """Close the running loop's async client."""
         broker = self._abrokers.pop(asyncio.get_running_loop(), None)
         if broker is not None:
-            await broker.client.aclose()
+            await broker.aclose()

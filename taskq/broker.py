@@ -34,6 +34,8 @@ from .writes import WriteBuilder, Writes, record_fields, round_trips
 
 #: Jobs pushed in one batch (a bulk push streams its batches).
 PUSH_BATCH = 2000
+#: Lua's unpack() gives a few thousand values at most: bigger commands go in MULTI.
+_LUA_MAX_ARGS = 7000
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
@@ -59,11 +61,27 @@ def stall_key(raw: bytes) -> str:
 
 def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     """``w`` as the commands the brokers send straight on one connection to one
-    Redis, in its phase order. Scripts go as EVAL: an EVALSHA refused with NOSCRIPT
-    would break the order of the commands sent after it."""
-    commands: list[tuple[Any, ...]] = [(name, key, *args) for name, key, args in w.commands()]
-    commands += [("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts]
-    return commands
+    Redis, in its phase order, all or nothing: a command Redis refuses (out of
+    memory, say) must not leave a job out of its active list with its outcome
+    unstored. Several commands go as one APPLY script call (one reply to read); with
+    scripts of their own, or too many arguments for Lua, as one transaction. Scripts
+    go as EVAL: an EVALSHA refused with NOSCRIPT would abort the transaction."""
+    commands = w.commands()
+    if len(commands) == 1 and not w.scripts:
+        name, key, args = commands[0]
+        return [(name, key, *args)]
+    if not w.scripts and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
+        keys: dict[str, int] = {}
+        argv: list[Any] = []
+        for name, key, args in commands:
+            argv += (name, keys.setdefault(key, len(keys) + 1), len(args), *args)
+        return [("EVAL", scripts.APPLY, len(keys), *keys, *argv)]
+    return [
+        ("MULTI",),
+        *((name, key, *args) for name, key, args in commands),
+        *(("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts),
+        ("EXEC",),
+    ]
 
 
 def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
@@ -73,6 +91,29 @@ def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     if pack_command is None:
         return list(conn.pack_commands(commands))
     return [b"".join([pack_command(command) for command in commands])]
+
+
+def reply_errors(reply: Any) -> list[Exception]:
+    """The errors in a reply read without raising: those of EXEC's commands."""
+    return [x for x in reply if isinstance(x, Exception)] if isinstance(reply, list) else []
+
+
+def own_connection(pool: Any) -> Any:
+    """A connection of the pool's kind made outside it: a broker's own, so that it
+    does not take one of the pool's ``max_connections``."""
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+def closed_while_idle(conn: Any) -> bool:
+    """Whether an idle sync connection must be remade before use, as redis-py's pool
+    checks it: readable while idle means Redis closed it (a restart, CLIENT KILL, a
+    timeout) or replies were left unread."""
+    if not getattr(conn, "is_connected", True):
+        return False  # sending connects it
+    try:
+        return bool(conn.can_read())
+    except (redis.RedisError, OSError):
+        return True
 
 
 class Broker:
@@ -164,14 +205,9 @@ class Broker:
         try:
             conn = self._own
             if conn is None or conn.pid != os.getpid():  # new, or made before a fork
-                conn = self._own = self._pool_connection()
-            else:  # as the pool checks: closed by Redis while idle (or left unread)?
-                try:
-                    stale = conn.can_read()
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    stale = True
-                if stale:
-                    conn.disconnect()  # sending connects it again
+                conn = self._own = own_connection(self.client.connection_pool)
+            elif closed_while_idle(conn):
+                conn.disconnect()  # sending connects it again
         except BaseException:
             self._own_lock.release()
             raise
@@ -190,6 +226,13 @@ class Broker:
         except TypeError:  # redis-py 5 wants a command name
             return pool.get_connection("EVAL")
 
+    def close(self) -> None:
+        """Close the client's connections and the broker's own."""
+        own = self._own
+        if own is not None:
+            own.disconnect()
+        self.client.close()
+
     @staticmethod
     def _send_and_read(conn: Any, batches: Iterable[Writes]) -> None:
         """Send each batch's commands (:func:`raw_commands`) in one write, then read
@@ -205,7 +248,7 @@ class Broker:
         errors = []
         for _ in range(sent):
             try:
-                conn.read_response()
+                errors += reply_errors(conn.read_response())
             except redis.ResponseError as exc:
                 errors.append(exc)
         if errors:

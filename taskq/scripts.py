@@ -106,6 +106,22 @@ redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 """
 
+# KEYS: the keys the commands touch. ARGV: the commands one after another, each as
+# its name, the index of its key in KEYS, how many arguments follow, the arguments.
+# Runs a write of several simple commands (HSET, EXPIRE, LREM, HINCRBY, ...) in one
+# call: one reply to read, and nothing written if Redis refuses the first command
+# (out of memory, say: a script stops at its first refused command).
+APPLY = """
+local i, n = 1, 0
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i + 2])
+  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
+  i = i + 3 + argc
+  n = n + 1
+end
+return n
+"""
+
 # KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
 # Pushes the job unless another job holds the key; returns the id of the job that
 # holds it now (this one if it was pushed). Two producers racing make one job.

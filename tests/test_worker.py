@@ -6,10 +6,14 @@ import asyncio
 import json
 import os
 import threading
-from typing import cast
+import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import taskq
 from taskq import App, JobFailed, Worker
@@ -18,7 +22,7 @@ from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
-from taskq.writes import Writes
+from taskq.writes import Outcome, Writes
 
 from . import tasks
 from .helpers import as_text
@@ -296,32 +300,95 @@ def test_a_streamed_bulk_push_sends_no_health_check_between_batches(
     broker.client.close()
 
 
-def _writes_run(r: redis.Redis) -> dict[str, int]:
-    """Redis's count of each writing command run since its stats were reset."""
-    stats = r.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    return {
-        name: n for name, n in calls.items() if name in {"hset", "sadd", "lpush", "eval", "evalsha"}
-    }
+def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
+    # Out of memory, Redis refuses HSET but would run LREM: an outcome must not
+    # take the job out of its active list while its record is refused.
+    payload, raw = tasks.add.payload((1, 2), {})
+    active = KEYS.active("default", "w1")
+    r.lpush(active, raw)
+    writes = app.broker.writes
+    started = time.time()
+    done = writes.finish("default", "w1", raw, payload, Outcome("done", result="3"), started)
+    retry = Outcome("scheduled", error="E", due=started + 60)  # with a script of its own
+    retried = writes.finish("default", "w1", raw, payload, retry, started)
+
+    async def apply_async() -> None:
+        try:
+            await app.abroker().apply(done)
+        finally:
+            await app.aclose()
+
+    r.config_set("maxmemory", 1)
+    try:
+        appliers: list[Callable[[], None]] = [
+            lambda: app.broker.apply(done),
+            lambda: app.broker.apply(retried),
+            lambda: asyncio.run(apply_async()),
+        ]
+        for apply in appliers:
+            with pytest.raises(redis.ResponseError, match="maxmemory"):
+                apply()
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.lrange(active, 0, -1) == [raw]
+    assert r.exists(KEYS.job(payload.id), KEYS.delayed("default")) == 0
+    app.broker.apply(done)  # and once Redis has room, it goes through
+    assert r.llen(active) == 0
+    assert r.hget(KEYS.job(payload.id), "status") == b"done"
 
 
-def test_pushes_are_plain_commands_without_scripts(app: App, r: redis.Redis) -> None:
-    # Cheapest for Redis: no Lua (a script would show as eval or evalsha).
-    r.config_resetstat()
-    tasks.add.push(1, 2)
-    assert _writes_run(r) == {"hset": 1, "sadd": 1, "lpush": 1}
-    r.config_resetstat()
-    tasks.add.push_many([(i, i) for i in range(100)])
-    assert _writes_run(r) == {"hset": 100, "sadd": 1, "lpush": 1}
+def test_a_bounded_pool_is_not_short_of_a_connection(redis_url: str) -> None:
+    # Each broker's own connection is made outside redis-py's pool.
+    bounded = App(redis_url + "?max_connections=1")
+    task = bounded.task(name="tests.bounded")(tasks.add.fn)
+    try:
+        job = task.push(1, 2)
+        assert job.status() == "queued"
 
-    async def apush() -> None:
-        await tasks.add.apush(3, 4)
-        await app.aclose()
+        async def apush() -> str | None:
+            try:
+                return await (await task.apush(3, 4)).astatus()
+            finally:
+                await bounded.aclose()
 
-    r.config_resetstat()
-    asyncio.run(apush())
-    assert _writes_run(r) == {"hset": 1, "sadd": 1, "lpush": 1}
-    assert r.llen(KEYS.queue("default")) == 102
+        assert asyncio.run(apush()) == "queued"
+    finally:
+        bounded.close()
+
+
+def test_a_write_whose_send_fails_is_retried_if_the_client_retries(redis_url: str) -> None:
+    retrying = Broker(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1)))
+    plain = Broker(redis.Redis.from_url(redis_url))
+    jobs = [tasks.add.payload((i, i), {}) for i in range(2)]
+    try:
+        for broker in (retrying, plain):
+            broker.push("default", jobs[:1])  # makes the broker's own connection
+            conn = broker._own
+            send = conn.send_packed_command
+            failures = [redis.ConnectionError("lost")]
+
+            def fail_once(
+                *args: Any, send: Any = send, failures: list[Any] = failures, **kwargs: Any
+            ) -> None:
+                if failures:
+                    raise failures.pop()
+                send(*args, **kwargs)
+
+            conn.send_packed_command = fail_once
+            if broker is retrying:
+                broker.push("default", jobs[1:])
+            else:
+                with pytest.raises(redis.ConnectionError, match="lost"):
+                    broker.push("default", jobs[1:])
+                broker.push("default", jobs[1:])  # the next write goes through
+    finally:
+        retrying.close()
+        plain.close()
+    queued = [
+        json.loads(raw)["id"]
+        for raw in redis.Redis.from_url(redis_url).lrange(KEYS.queue("default"), 0, -1)
+    ]
+    assert sorted(queued) == sorted([jobs[0][0].id, jobs[1][0].id] * 2)
 
 
 def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
@@ -346,7 +413,7 @@ def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
     assert r.exists(*(KEYS.job(i) for i in ids[::50])) == len(ids[::50])
     killed = r.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1  # the broker's connections among them
-    job = tasks.add.push(1, 1)  # retried on a fresh connection
+    job = tasks.add.push(1, 1)  # the closed connection is remade before use
     assert r.hget(KEYS.job(job.id), "status") == b"queued"
 
 
@@ -373,13 +440,15 @@ def test_async_pushes_at_once_land_and_a_killed_connection_is_remade(
 
 def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -> None:
     tasks.add.push(0, 0)  # the parent's connection exists before the fork
+    parents = app.broker._own
     pid = os.fork()
     if pid == 0:  # the child: a shared socket would mix up the replies
         code = 1
         try:
             for i in range(200):
                 tasks.add.push(i, i)
-            code = 0
+            own = app.broker._own
+            code = 0 if own is not parents and own.pid == os.getpid() else 2
         finally:
             os._exit(code)
     for i in range(200):

@@ -88,4 +88,4 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self._broker.client.close()
+        self._broker.close()

@@ -199,7 +199,7 @@ class Worker:
         try:
             metrics_server = self._start_metrics()
         except OSError as exc:
-            client.close()
+            broker.close()
             self._restore_signals(previous)
             raise WorkerError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from None
         executor = DaemonExecutor()
@@ -522,7 +522,7 @@ class Worker:
         heartbeat.stop()
         with contextlib.suppress(*REDIS_ERRORS):
             broker.unregister(self.id, self.queues)
-        broker.client.close()
+        broker.close()
         log.info("worker %s stopped (%s): %s", self.id, reason, self.stats.summary())
 
     # -- signals ---------------------------------------------------------------------

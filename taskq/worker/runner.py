@@ -142,7 +142,7 @@ class JobRunner:
             self._sweep.cancel()
         if not await self.batcher.drain(timeout):
             log.error("some job writes could not be stored: those jobs run again")
-        await self.broker.client.aclose()
+        await self.broker.aclose()
 
     async def run_batch(self, queue: str, raws: list[bytes], on_ran: Ran, on_done: Done) -> None:
         """Start the jobs taken together, each as a task of its own, and return.
