@@ -73,24 +73,13 @@ class AsyncBroker:
             await pipe.execute()
 
     async def _write(self, w: Writes) -> None:
-        """See :meth:`taskq.broker.Broker._send_and_read`."""
         commands = raw_commands(w)
         conn, own = await self._borrow()
         try:
-
-            async def send_and_read() -> None:
-                await conn.send_packed_command(pack(conn, commands), check_health=False)
-                errors = []
-                for _ in commands:
-                    try:
-                        errors += reply_errors(await conn.read_response())
-                    except redis.ResponseError as exc:
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
-
             # On a lost connection, as redis-py retries its own commands.
-            await conn.retry.call_with_retry(send_and_read, _disconnecting(conn))
+            await conn.retry.call_with_retry(
+                lambda: self._send_and_read(conn, commands), lambda _error: conn.disconnect()
+            )
         except BaseException:
             await conn.disconnect()  # replies may be left unread: never reuse it as it is
             raise
@@ -99,6 +88,19 @@ class AsyncBroker:
                 self._own_busy = False
             else:
                 await self.client.connection_pool.release(conn)
+
+    @staticmethod
+    async def _send_and_read(conn: Any, commands: list[tuple[Any, ...]]) -> None:
+        """See :meth:`taskq.broker.Broker._send_and_read`."""
+        await conn.send_packed_command(pack(conn, commands), check_health=False)
+        errors = []
+        for _ in commands:
+            try:
+                errors += reply_errors(await conn.read_response())
+            except redis.ResponseError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     async def _borrow(self) -> tuple[Any, bool]:
         pool = self.client.connection_pool
@@ -173,10 +175,3 @@ async def _closed_while_idle(conn: Any) -> bool:
         return bool(await can_read())
     except (redis.RedisError, OSError):
         return True
-
-
-def _disconnecting(conn: Any) -> Any:
-    async def fail(_error: BaseException) -> None:
-        await conn.disconnect()
-
-    return fail

@@ -12,6 +12,8 @@ from typing import Any, cast
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -389,6 +391,35 @@ def test_a_write_whose_send_fails_is_retried_if_the_client_retries(redis_url: st
         for raw in redis.Redis.from_url(redis_url).lrange(KEYS.queue("default"), 0, -1)
     ]
     assert sorted(queued) == sorted([jobs[0][0].id, jobs[1][0].id] * 2)
+
+
+def test_an_async_write_whose_send_fails_is_retried_if_the_client_retries(
+    redis_url: str, r: redis.Redis
+) -> None:
+    payloads = [tasks.add.payload((i, i), {}) for i in range(2)]
+
+    async def push_twice() -> None:
+        broker = AsyncBroker(aioredis.Redis.from_url(redis_url, retry=AsyncRetry(NoBackoff(), 1)))
+        try:
+            await broker.push("default", payloads[:1])  # makes the broker's own connection
+            conn = broker._own
+            send = conn.send_packed_command
+            failures = [redis.ConnectionError("lost")]
+
+            async def fail_once(*args: Any, **kwargs: Any) -> None:
+                if failures:
+                    raise failures.pop()
+                await send(*args, **kwargs)
+
+            conn.send_packed_command = fail_once
+            await broker.push("default", payloads[1:])
+            assert not failures
+        finally:
+            await broker.aclose()
+
+    asyncio.run(push_twice())
+    queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+    assert sorted(queued) == sorted(p.id for p, _ in payloads)
 
 
 def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
