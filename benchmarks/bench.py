@@ -615,7 +615,7 @@ def short(rec: dict[str, Any]) -> str:
 
 
 # -- report ----------------------------------------------------------------------------
-#: key, label, unit, higher is better
+#: key, label, whether higher is better
 METRICS: list[tuple[str, str, bool]] = [
     ("noop_rate", "noop: jobs/s (first to last completion)", True),
     ("noop_startup", "noop: worker start-up to first completion, s", False),
