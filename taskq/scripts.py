@@ -26,6 +26,7 @@ return n
 # KEYS: active, dead, dead data, stats, stalls. ARGV: raw job, dead-letter id, entry
 # JSON, now, trim entries that died before this time. Adds the dead letter and takes
 # the job out of the active list in one step; returns how many old entries were trimmed.
+# (Jobs that end leave the active list by LREM from its tail, where the oldest are.)
 BURY = """
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
@@ -37,14 +38,14 @@ if #old > 0 then
   redis.call('HINCRBY', KEYS[4], 'dead_trimmed', #old)
 end
 redis.call('HINCRBY', KEYS[4], 'dead', 1)
-redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('LREM', KEYS[1], -1, ARGV[1])
 return #old
 """
 
 # KEYS: active, delayed. ARGV: raw job, due time, the job as it runs next (one
 # attempt along). A retry waits out its backoff in the delayed set.
 RETRY_LATER = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 end
 return 1

@@ -256,7 +256,9 @@ class WriteBuilder:
             return w.merge(self.bury(worker, raw, entry))
         if payload.attempts:  # only a job run before can have stalled
             w.queue.append(("HDEL", k.stalls(queue), (payload.id,)))
-        w.queue.append(("LREM", k.active(queue, worker), (1, raw)))
+        # From the tail: jobs enter the active list at its head, so the one ending
+        # is among the oldest, and the jobs taken ahead wait in front of it.
+        w.queue.append(("LREM", k.active(queue, worker), (-1, raw)))
         return w
 
     def release_key(self, queue: str, payload: Payload) -> tuple[str, list[str], list[Any]]:
