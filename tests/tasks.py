@@ -133,6 +133,18 @@ async def incr(key: str) -> int:
         return int(c.incr(key))
 
 
+@app.task
+def incr_at_gate(key: str) -> int:
+    """Count an effect, say so on the `events` list, then wait (in its thread) until
+    the test opens the gate: RPUSH onto the `gate` list, which stays open."""
+    with _client() as c:
+        n = int(c.incr(key))
+        c.rpush("events", "at gate")
+        if c.blmove("gate", "gate", 20, "RIGHT", "LEFT") is None:
+            raise TimeoutError("the gate never opened")
+        return n
+
+
 @app.task(timeout=0.2)
 async def too_slow() -> str:
     await asyncio.sleep(30)

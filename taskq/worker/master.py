@@ -55,10 +55,13 @@ log = logging.getLogger(__name__)
 BLOCK_SECONDS = 1.0
 #: Without ``prefetch=``, a worker takes ahead only the jobs it expects to start
 #: within this many seconds (judged by how long recent runs took), at most
-#: AUTO_PREFETCH_MAX x ``concurrency`` of them: short jobs then never wait for a
-#: round trip to Redis, and long jobs are not held back from idle workers.
+#: AUTO_PREFETCH_MAX of them: short jobs then never wait for a round trip to Redis,
+#: and long jobs are not held back from idle workers. The master fetches again once
+#: half of them have started; on a busy loop its fetch can take several milliseconds
+#: (it waits for the GIL at each system call), so a smaller cap (it was 4 x
+#: ``concurrency``) left quick jobs' slots idle while it did.
 AUTO_PREFETCH_WAIT = 0.02
-AUTO_PREFETCH_MAX = 4
+AUTO_PREFETCH_MAX = 1000
 #: Weight of the latest run in the running average of run times.
 _RUN_TIME_WEIGHT = 0.05
 #: How often the master looks for abort requests (a running job is cancelled within
@@ -403,7 +406,7 @@ class Worker:
         self._run_time = avg
         # `concurrency` slots each start a job every `avg` seconds.
         ahead = self.concurrency * AUTO_PREFETCH_WAIT / max(avg, 1e-6)
-        self._set_prefetch(min(AUTO_PREFETCH_MAX * self.concurrency, int(ahead)))
+        self._set_prefetch(min(AUTO_PREFETCH_MAX, int(ahead)))
 
     def _free(self) -> int:
         """Slots free for jobs (call under ``_slots``). Jobs whose outcome is not yet
