@@ -217,18 +217,18 @@ def test_jobs_pushed_by_running_jobs_are_run_in_the_same_burst(app: App) -> None
 
 def test_automatic_prefetch_takes_ahead_only_jobs_that_start_soon(app: App) -> None:
     worker = Worker(app, concurrency=10, handle_signals=False)
-    assert worker.capacity == 10  # no run times yet: nothing taken ahead
-    for _ in range(50):
-        worker._running += 1
-        worker._job_ran(0.001)  # quick jobs: a slot frees every 0.1 ms
-    assert worker.capacity == 10 + 200  # those that start within 20 ms
-    for _ in range(200):
-        worker._running += 1
-        worker._job_ran(0.00001)  # very quick ones: at most AUTO_PREFETCH_MAX
+    assert worker.capacity == 10  # nothing ended yet: nothing taken ahead
+
+    def runs_end(every: float, n: int, start: float) -> float:
+        for i in range(1, n + 1):
+            worker._adapt_prefetch(start + i * every)
+        return start + n * every
+
+    t = runs_end(0.0001, 2000, 0.0)  # 10,000 runs end a second: 200 start within 20 ms
+    assert worker.capacity == 10 + 200
+    t = runs_end(0.00001, 20_000, t)  # at 100,000 a second: capped
     assert worker.capacity == 10 + AUTO_PREFETCH_MAX
-    for _ in range(10):
-        worker._running += 1
-        worker._job_ran(1.0)  # long jobs: keep them for idle workers
+    runs_end(1.0, 2, t)  # long jobs: keep them for idle workers
     assert worker.capacity == 10
     fixed = Worker(app, concurrency=10, prefetch=3, handle_signals=False)
     for _ in range(50):

@@ -54,16 +54,16 @@ log = logging.getLogger(__name__)
 #: Longest the master blocks inside Redis waiting for a job, so it notices shutdown.
 BLOCK_SECONDS = 1.0
 #: Without ``prefetch=``, a worker takes ahead only the jobs it expects to start
-#: within this many seconds (judged by how long recent runs took), at most
-#: AUTO_PREFETCH_MAX of them: short jobs then never wait for a round trip to Redis,
-#: and long jobs are not held back from idle workers. The master fetches again once
-#: half of them have started; on a busy loop its fetch can take several milliseconds
-#: (it waits for the GIL at each system call), so a smaller cap (it was 4 x
-#: ``concurrency``) left quick jobs' slots idle while it did.
+#: within this many seconds, at most AUTO_PREFETCH_MAX of them: quick jobs then never
+#: wait for a round trip to Redis, and long jobs are not held back from idle workers.
+#: Jobs start as fast as runs end, so the expectation is the rate at which runs ended
+#: over the last PREFETCH_WINDOW seconds or more. (An average of run times served
+#: worse: on a busy loop quick jobs' runs stretch while they wait their turn, which
+#: shrank the prefetch just when the master's fetches were slowest, waiting for the
+#: GIL at each system call.) The master fetches again once half have started.
 AUTO_PREFETCH_WAIT = 0.02
 AUTO_PREFETCH_MAX = 1000
-#: Weight of the latest run in the running average of run times.
-_RUN_TIME_WEIGHT = 0.05
+PREFETCH_WINDOW = 0.1
 #: How often the master looks for abort requests (a running job is cancelled within
 #: about this long), and how long an unclaimed request is kept.
 ABORT_POLL = 0.5
@@ -132,9 +132,11 @@ class Worker:
         self.concurrency = self.settings.concurrency
         # Jobs taken beyond the running ones, so the loop never waits for a fetch.
         # They are in the worker's active list in Redis, like every taken job.
-        # None: adapt to run times (see AUTO_PREFETCH_WAIT).
+        # None: adapt to how fast runs end (see AUTO_PREFETCH_WAIT).
         self.prefetch = prefetch
-        self._run_time: float | None = None  # running average, seconds (guarded by _slots)
+        # Runs ended since the prefetch was last worked out, and when (guarded by _slots).
+        self._window_ends = 0
+        self._window_start: float | None = None
         self._set_prefetch(prefetch or 0)
         self.burst = burst
         self.metrics_port = metrics_port
@@ -398,15 +400,19 @@ class Worker:
         self.capacity = self.concurrency + prefetch
         self._refill = max(1, prefetch // 2)  # free slots worth waking the master for
 
-    def _adapt_prefetch(self, run_time: float) -> None:
-        """Fold ``run_time`` into the average and take ahead what starts within
-        AUTO_PREFETCH_WAIT seconds (call under ``_slots``, automatic prefetch only)."""
-        avg = self._run_time
-        avg = run_time if avg is None else avg + (run_time - avg) * _RUN_TIME_WEIGHT
-        self._run_time = avg
-        # `concurrency` slots each start a job every `avg` seconds.
-        ahead = self.concurrency * AUTO_PREFETCH_WAIT / max(avg, 1e-6)
+    def _adapt_prefetch(self, now: float) -> None:
+        """Count a run that ended at ``now`` (monotonic seconds); once a window has
+        passed, take ahead what starts within AUTO_PREFETCH_WAIT seconds at the rate
+        runs ended in it (call under ``_slots``, automatic prefetch only)."""
+        if self._window_start is None:
+            self._window_start = now
+        self._window_ends += 1
+        elapsed = now - self._window_start
+        if elapsed < PREFETCH_WINDOW:
+            return
+        ahead = self._window_ends / elapsed * AUTO_PREFETCH_WAIT
         self._set_prefetch(min(AUTO_PREFETCH_MAX, int(ahead)))
+        self._window_start, self._window_ends = now, 0
 
     def _free(self) -> int:
         """Slots free for jobs (call under ``_slots``). Jobs whose outcome is not yet
@@ -424,7 +430,7 @@ class Worker:
             self._running -= 1
             self._completions += 1
             if run_time is not None and self.prefetch is None:
-                self._adapt_prefetch(run_time)
+                self._adapt_prefetch(time.monotonic())
             if self._free() >= self._refill or not self._running:
                 self._slots.notify_all()
 
