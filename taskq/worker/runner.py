@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -105,12 +106,14 @@ class JobRunner:
         self.writes = broker.writes
         self.metrics = metrics
         self.batcher = WriteBatcher(broker, metrics)
-        # Jobs handed over beyond `concurrency` (the master's prefetch) wait here.
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        # Jobs handed over beyond `concurrency` (the master's prefetch) wait here, not
+        # as tasks: a task parked on a semaphore cost more than the job's own run.
+        self._waiting: collections.deque[tuple[str, bytes, Ran, Done]] = collections.deque()
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
-        self._tasks: set[asyncio.Task[None]] = set()  # every job handed over, until it ends
+        self._tasks: set[asyncio.Task[None]] = set()  # started jobs (a slot each), until they end
         # Running jobs whose start is not stored yet, oldest first (insertion order).
         self._unrecorded: dict[str, _Running] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -126,6 +129,7 @@ class JobRunner:
         """Start no more jobs: those still waiting for a slot stay in the active list
         (the master puts them back). Call on the loop thread."""
         self._starting = False
+        self._start_waiting()
 
     async def cancel_running(self, timeout: float) -> None:
         """Cancel every job still running (shutdown, after the grace period) and wait
@@ -145,18 +149,33 @@ class JobRunner:
         await self.broker.aclose()
 
     async def run_batch(self, queue: str, raws: list[bytes], on_ran: Ran, on_done: Done) -> None:
-        """Start the jobs taken together, each as a task of its own, and return.
+        """Take the jobs taken together: each starts as a task of its own once a slot
+        is free (at most ``concurrency`` run at once); return at once.
 
-        For each job, on the loop: ``on_ran(seconds)`` once its run is over (its
-        slot is free; None if it did not run), then ``on_done(status)`` once its
-        outcome is stored, or with "cancelled" if it was cancelled (shutdown) before
-        that, or "error" if its outcome could not be stored (it stays active)."""
+        For each job, on the loop: ``on_ran(seconds)`` once its run is over (None if
+        it did not run), then ``on_done(status)`` once its outcome is stored, or with
+        "cancelled" if it was cancelled (shutdown) before that, "unstarted" if
+        starting stopped before its turn, or "error" if its outcome could not be
+        stored (it stays active)."""
+        self._waiting.extend((queue, raw, on_ran, on_done) for raw in raws)
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start waiting jobs while slots are free; once starting has stopped, report
+        them unstarted instead (they stay in the active list: put back)."""
+        waiting = self._waiting
+        if not self._starting:
+            while waiting:
+                _, _, on_ran, on_done = waiting.popleft()
+                on_ran(None)
+                on_done("unstarted")
+            return
         loop = asyncio.get_running_loop()
-        ended = functools.partial(self._ended, on_ran, on_done)
-        for raw in raws:
+        while waiting and len(self._tasks) < self.concurrency:
+            queue, raw, on_ran, on_done = waiting.popleft()
             task = loop.create_task(self._run_reporting(queue, raw, on_ran, on_done))
             self._tasks.add(task)
-            task.add_done_callback(ended)
+            task.add_done_callback(functools.partial(self._ended, on_ran, on_done))
 
     def _ended(
         self,
@@ -164,10 +183,12 @@ class JobRunner:
         on_done: Done,
         task: asyncio.Task[None],
     ) -> None:
-        self._tasks.discard(task)
+        self._tasks.discard(task)  # its slot is free
         if task.cancelled():  # also before it ever ran: nothing more is written
             on_ran(None)
             on_done("cancelled")
+        if self._waiting:
+            self._start_waiting()
 
     async def _run_reporting(
         self,
@@ -177,19 +198,14 @@ class JobRunner:
         on_done: Done,
     ) -> None:
         ended: _Ended | None = None
-        status = "error"
         try:
-            async with self._slots:
-                if self._starting:
-                    ended = await self._run(queue, raw)
-                else:
-                    status = "unstarted"  # stays in the active list: put back
+            ended = await self._run(queue, raw)
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
         # No await from here on: a cancellation cannot come in between.
         on_ran(None if ended is None else ended.run_time)
         if ended is None:
-            on_done(status)
+            on_done("error")
             return
         result = ended
 
