@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import itertools
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,13 +45,21 @@ class Writes:
     queue: list[Command] = field(default_factory=list)
     scripts: list[ScriptCall] = field(default_factory=list)
     #: (hash key, field) -> increment: merged writes send one HINCRBY per counter.
-    counters: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: (A plain dict: a Counter is slow to make, and every job's writes make one.)
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, key: str, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name`` of hash ``key``."""
+        counters = self.counters
+        counters[key, name] = counters.get((key, name), 0) + n
 
     def merge(self, other: Writes) -> Writes:
         self.records += other.records
         self.queue += other.queue
         self.scripts += other.scripts
-        self.counters.update(other.counters)
+        counters = self.counters
+        for counter, n in other.counters.items():
+            counters[counter] = counters.get(counter, 0) + n
         return self
 
     def queue_commands(self) -> list[Command]:
@@ -224,7 +231,7 @@ class WriteBuilder:
             assert outcome.due is not None
             fields["due_at"] = repr(outcome.due)
             w.records.append(hset(key, fields))
-            w.counters[k.stats(queue), "retried"] += 1
+            w.count(k.stats(queue), "retried")
             retry = payload.next_attempt().encode()
             w.scripts.append(
                 (
@@ -237,7 +244,7 @@ class WriteBuilder:
         fields["finished_at"] = repr(time.time())
         w.records.append(hset(key, fields))
         w.records.append(("EXPIRE", key, (self.result_ttl,)))
-        w.counters[k.stats(queue), outcome.status] += 1
+        w.count(k.stats(queue), outcome.status)
         if payload.key:
             w.scripts.append(self.release_key(queue, payload))
         if outcome.status == "aborted":
@@ -281,7 +288,7 @@ class WriteBuilder:
                 ("EXPIRE", self.keys.job(job_id), (self.result_ttl,)),
             ]
         )
-        w.counters[self.keys.stats(queue), "aborted"] += 1
+        w.count(self.keys.stats(queue), "aborted")
         if key:
             w.scripts.append(self.release(queue, key, job_id))
         return w
