@@ -183,7 +183,7 @@ class JobRunner:
         on_done: Done,
         task: asyncio.Task[None],
     ) -> None:
-        self._tasks.discard(task)  # its slot is free
+        self._tasks.discard(task)  # its slot is free (if its run did not free it)
         if task.cancelled():  # also before it ever ran: nothing more is written
             on_ran(None)
             on_done("cancelled")
@@ -197,12 +197,18 @@ class JobRunner:
         on_ran: Ran,
         on_done: Done,
     ) -> None:
+        me = asyncio.current_task()
         ended: _Ended | None = None
         try:
             ended = await self._run(queue, raw)
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
         # No await from here on: a cancellation cannot come in between.
+        # The run is over: its slot goes to the next job now, not a loop pass later
+        # when the task's end is reported (quick jobs would wait a pass each).
+        self._tasks.discard(me)
+        if self._waiting:
+            self._start_waiting()
         on_ran(None if ended is None else ended.run_time)
         if ended is None:
             on_done("error")
