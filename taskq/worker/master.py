@@ -249,7 +249,16 @@ class Worker:
         broker = AsyncBroker(
             client, result_ttl=self.settings.result_ttl, dead_retention=self.settings.dead_retention
         )
-        return JobRunner(self.app, broker, self.id, executor, self.concurrency, self.metrics)
+        return JobRunner(
+            self.app,
+            broker,
+            self.id,
+            executor,
+            self.concurrency,
+            self._job_ran,
+            self._job_done,
+            self.metrics,
+        )
 
     def _start_metrics(self) -> MetricsServer | None:
         """Serve metrics if asked; a child of ``--processes`` only records them (its
@@ -396,7 +405,7 @@ class Worker:
         with self._slots:
             self._in_flight += len(raws)
             self._running += len(raws)
-        self._loop.submit(self._runner.run_batch(queue, raws, self._job_ran, self._job_done))
+        self._loop.submit(self._runner.run_batch(queue, raws))
 
     def _set_prefetch(self, prefetch: int) -> None:
         self.capacity = self.concurrency + prefetch

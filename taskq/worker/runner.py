@@ -88,7 +88,13 @@ class JobTimeout(TimeoutError):
 
 
 class JobRunner:
-    """Lives on the loop thread; owns that thread's Redis client (``broker``)."""
+    """Lives on the loop thread; owns that thread's Redis client (``broker``).
+
+    For each job, on the loop: ``on_ran(seconds)`` once its run is over (None if it
+    did not run), then ``on_done(status)`` once its outcome is stored, or with
+    "cancelled" if it was cancelled (shutdown) before that, "unstarted" if starting
+    stopped before its turn, or "error" if its outcome could not be stored (it stays
+    active)."""
 
     def __init__(
         self,
@@ -97,9 +103,13 @@ class JobRunner:
         worker_id: str,
         executor: DaemonExecutor,
         concurrency: int,
+        on_ran: Ran,
+        on_done: Done,
         metrics: Metrics | None = None,
     ) -> None:
         self.app = app
+        self.on_ran = on_ran
+        self.on_done = on_done
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
@@ -109,7 +119,7 @@ class JobRunner:
         self.concurrency = concurrency
         # Jobs handed over beyond `concurrency` (the master's prefetch) wait here, not
         # as tasks: a task parked on a semaphore cost more than the job's own run.
-        self._waiting: collections.deque[tuple[str, bytes, Ran, Done]] = collections.deque()
+        self._waiting: collections.deque[tuple[str, bytes]] = collections.deque()
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
@@ -148,16 +158,10 @@ class JobRunner:
             log.error("some job writes could not be stored: those jobs run again")
         await self.broker.aclose()
 
-    async def run_batch(self, queue: str, raws: list[bytes], on_ran: Ran, on_done: Done) -> None:
+    async def run_batch(self, queue: str, raws: list[bytes]) -> None:
         """Take the jobs taken together: each starts as a task of its own once a slot
-        is free (at most ``concurrency`` run at once); return at once.
-
-        For each job, on the loop: ``on_ran(seconds)`` once its run is over (None if
-        it did not run), then ``on_done(status)`` once its outcome is stored, or with
-        "cancelled" if it was cancelled (shutdown) before that, "unstarted" if
-        starting stopped before its turn, or "error" if its outcome could not be
-        stored (it stays active)."""
-        self._waiting.extend((queue, raw, on_ran, on_done) for raw in raws)
+        is free (at most ``concurrency`` run at once); return at once."""
+        self._waiting.extend((queue, raw) for raw in raws)
         self._start_waiting()
 
     def _start_waiting(self) -> None:
@@ -166,37 +170,27 @@ class JobRunner:
         waiting = self._waiting
         if not self._starting:
             while waiting:
-                _, _, on_ran, on_done = waiting.popleft()
-                on_ran(None)
-                on_done("unstarted")
+                waiting.popleft()
+                self.on_ran(None)
+                self.on_done("unstarted")
             return
         loop = asyncio.get_running_loop()
         while waiting and len(self._tasks) < self.concurrency:
-            queue, raw, on_ran, on_done = waiting.popleft()
-            task = loop.create_task(self._run_reporting(queue, raw, on_ran, on_done))
+            queue, raw = waiting.popleft()
+            task = loop.create_task(self._run_reporting(queue, raw))
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._ended, on_ran, on_done))
+            task.add_done_callback(self._ended)
 
-    def _ended(
-        self,
-        on_ran: Ran,
-        on_done: Done,
-        task: asyncio.Task[None],
-    ) -> None:
+    def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)  # its slot is free (if its run did not free it)
         if task.cancelled():  # also before it ever ran: nothing more is written
-            on_ran(None)
-            on_done("cancelled")
+            self.on_ran(None)
+            self.on_done("cancelled")
         if self._waiting:
             self._start_waiting()
 
-    async def _run_reporting(
-        self,
-        queue: str,
-        raw: bytes,
-        on_ran: Ran,
-        on_done: Done,
-    ) -> None:
+    async def _run_reporting(self, queue: str, raw: bytes) -> None:
+        on_ran, on_done = self.on_ran, self.on_done
         me = asyncio.current_task()
         ended: _Ended | None = None
         try:
