@@ -66,16 +66,26 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     unstored. Several commands go as one APPLY script call (one reply to read); with
     scripts of their own, or too many arguments for Lua, as one transaction. Scripts
     go as EVAL: an EVALSHA refused with NOSCRIPT would abort the transaction."""
+    if not w.scripts:
+        # "done" rows go to APPLY as their values alone (see Writes.done).
+        commands = w.records + w.queue_commands(done=False)
+        if len(commands) == 1 and not w.done:
+            name, key, args = commands[0]
+            return [(name, key, *args)]
+        if all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
+            keys: dict[str, int] = {}
+            argv: list[Any] = []
+            for name, key, args in commands:
+                argv += (name, keys.setdefault(key, len(keys) + 1), len(args), *args)
+            size = len(argv)
+            for job, active, ttl, raw, result, finished_at, *start in w.done:
+                argv += (
+                    keys.setdefault(job, len(keys) + 1),
+                    keys.setdefault(active, len(keys) + 1),
+                )
+                argv += (ttl, raw, result, finished_at, len(start), *start)
+            return [("EVAL", scripts.APPLY, len(keys), *keys, size, *argv)]
     commands = w.commands()
-    if len(commands) == 1 and not w.scripts:
-        name, key, args = commands[0]
-        return [(name, key, *args)]
-    if not w.scripts and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
-        keys: dict[str, int] = {}
-        argv: list[Any] = []
-        for name, key, args in commands:
-            argv += (name, keys.setdefault(key, len(keys) + 1), len(args), *args)
-        return [("EVAL", scripts.APPLY, len(keys), *keys, *argv)]
     return [
         ("MULTI",),
         *((name, key, *args) for name, key, args in commands),

@@ -107,18 +107,37 @@ redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: the keys the commands touch. ARGV: the commands one after another, each as
-# its name, the index of its key in KEYS, how many arguments follow, the arguments.
+# KEYS: the keys the commands touch. ARGV: how many entries of ARGV the commands
+# take; the commands one after another, each as its name, the index of its key in
+# KEYS, how many arguments follow, the arguments; then the rows of jobs done (see
+# taskq.writes.Writes.done), each as the index of the job's record in KEYS, of its
+# active list, the result TTL, the raw job, the result, the finish time, how many
+# start values follow (0 or 8), the start values (taskq.writes.START_FIELDS).
 # Runs a write of several simple commands (HSET, EXPIRE, LREM, HINCRBY, ...) in one
 # call: one reply to read, and nothing written if Redis refuses the first command
 # (out of memory, say: a script stops at its first refused command).
 APPLY = """
-local i, n = 1, 0
-while i <= #ARGV do
+local i, n, last = 2, 0, 1 + tonumber(ARGV[1])
+while i <= last do
   local argc = tonumber(ARGV[i + 2])
   redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
   i = i + 3 + argc
   n = n + 1
+end
+local names = {'task', 'queue', 'args', 'kwargs', 'enqueued_at', 'attempts', 'worker',
+               'started_at'}
+while i <= #ARGV do
+  local key, starts = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 6])
+  local fields = {'status', 'done', 'result', ARGV[i + 4], 'finished_at', ARGV[i + 5]}
+  for j = 1, starts do
+    fields[#fields + 1] = names[j]
+    fields[#fields + 1] = ARGV[i + 6 + j]
+  end
+  redis.call('HSET', key, unpack(fields))
+  redis.call('EXPIRE', key, ARGV[i + 2])
+  redis.call('LREM', KEYS[tonumber(ARGV[i + 1])], -1, ARGV[i + 3])
+  i = i + 7 + starts
+  n = n + 3
 end
 return n
 """

@@ -33,6 +33,22 @@ from .payload import Payload, dumps, new_id
 #: One command on one key: (name, key, other arguments), e.g. ("LREM", key, (1, raw)).
 Command = tuple[str, str, tuple[Any, ...]]
 ScriptCall = tuple[str, list[str], list[Any]]  # (Lua source, KEYS, ARGV)
+#: A job that ended "done", as only the values its outcome needs: (job key, active
+#: list, result TTL, raw job, result JSON, finished at), then, if its start was not
+#: stored on its own, the values of START_FIELDS.
+DoneRow = tuple[Any, ...]
+#: What a "done" row also stores when the job's start was not stored before it
+#: ended (and jobs pushed with a raw LPUSH have no record before that).
+START_FIELDS = (
+    "task",
+    "queue",
+    "args",
+    "kwargs",
+    "enqueued_at",
+    "attempts",
+    "worker",
+    "started_at",
+)
 
 
 def hset(key: str, fields: dict[str, Any]) -> Command:
@@ -47,6 +63,11 @@ class Writes:
     #: (hash key, field) -> increment: merged writes send one HINCRBY per counter.
     #: (A plain dict: a Counter is slow to make, and every job's writes make one.)
     counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Jobs that ended "done", the bulk of a busy worker's writes, kept compact: on one
+    #: Redis the APPLY script gets their values alone (a dozen arguments a job rather
+    #: than some forty); expanded, each is an HSET and an EXPIRE of its record among
+    #: the records, and an LREM from its active list among the queue commands.
+    done: list[DoneRow] = field(default_factory=list)
 
     def count(self, key: str, name: str, n: int = 1) -> None:
         """Add ``n`` to counter ``name`` of hash ``key``."""
@@ -57,19 +78,34 @@ class Writes:
         self.records += other.records
         self.queue += other.queue
         self.scripts += other.scripts
+        self.done += other.done
         counters = self.counters
         for counter, n in other.counters.items():
             counters[counter] = counters.get(counter, 0) + n
         return self
 
-    def queue_commands(self) -> list[Command]:
-        """The queue-phase commands, counters included."""
+    def record_commands(self) -> list[Command]:
+        """The record-phase commands, "done" rows expanded."""
+        commands = list(self.records)
+        for key, _, ttl, _, result, finished_at, *start in self.done:
+            fields = ["status", "done", "result", result, "finished_at", finished_at]
+            for name, value in zip(START_FIELDS, start, strict=False):
+                fields += (name, value)
+            commands += (("HSET", key, tuple(fields)), ("EXPIRE", key, (ttl,)))
+        return commands
+
+    def queue_commands(self, done: bool = True) -> list[Command]:
+        """The queue-phase commands, counters included (and "done" rows expanded,
+        unless ``done`` is False)."""
         counts = [("HINCRBY", key, (name, n)) for (key, name), n in self.counters.items()]
-        return self.queue + counts
+        if not done or not self.done:
+            return self.queue + counts
+        removals = [("LREM", active, (-1, raw)) for _, active, _, raw, *_ in self.done]
+        return self.queue + removals + counts
 
     def commands(self) -> list[Command]:
         """Every command but the scripts, in the order they must run."""
-        return self.records + self.queue_commands()
+        return self.record_commands() + self.queue_commands()
 
 
 @dataclass(frozen=True)
@@ -87,7 +123,7 @@ def round_trips(w: Writes, cluster: bool) -> list[RoundTrip]:
     commands straight on a connection: :func:`taskq.broker.raw_commands`.)"""
     if not cluster:
         return [RoundTrip(w.commands(), w.scripts)]
-    phases = [RoundTrip(phase, []) for phase in (w.records, w.queue_commands()) if phase]
+    phases = [RoundTrip(phase, []) for phase in (w.record_commands(), w.queue_commands()) if phase]
     return phases + [RoundTrip([], [call]) for call in w.scripts]
 
 
@@ -113,11 +149,29 @@ def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[
     }
 
 
+def start_values(payload: Payload, queue: str, worker: str, started_at: float) -> tuple[Any, ...]:
+    """The values of START_FIELDS as a job starts."""
+    return (
+        payload.task,
+        queue,
+        dumps(payload.args) if payload.args else "[]",
+        dumps(payload.kwargs) if payload.kwargs else "{}",
+        repr(payload.enqueued_at),
+        payload.attempts + 1,
+        worker,
+        repr(started_at),
+    )
+
+
 def started_fields(payload: Payload, queue: str, worker: str, started_at: float) -> dict[str, Any]:
     """The whole record as a job starts (jobs pushed with a raw LPUSH have no record
     before this)."""
-    fields = record_fields(payload, queue, "active")
-    fields.update(started_at=repr(started_at), worker=worker, attempts=payload.attempts + 1)
+    fields = {
+        "status": "active",
+        **dict(zip(START_FIELDS, start_values(payload, queue, worker, started_at), strict=True)),
+    }
+    if payload.key:
+        fields["key"] = payload.key
     return fields
 
 
@@ -220,6 +274,15 @@ class WriteBuilder:
         that ended quickly): the outcome then carries the start's fields too."""
         k = self.keys
         key = k.job(payload.id)
+        finished_at = repr(time.time())
+        if outcome.status == "done" and not payload.key:  # the bulk: a compact row
+            row: DoneRow = (key, k.active(queue, worker), self.result_ttl, raw)
+            row += (outcome.result, finished_at)
+            if started_at is not None:
+                row += start_values(payload, queue, worker, started_at)
+            w = Writes(done=[row])
+            w.count(k.stats(queue), "done")
+            return self._unstall(w, queue, payload)
         fields = {} if started_at is None else started_fields(payload, queue, worker, started_at)
         fields["status"] = outcome.status
         for name in ("result", "error", "traceback"):
@@ -241,7 +304,7 @@ class WriteBuilder:
                 )
             )
             return w
-        fields["finished_at"] = repr(time.time())
+        fields["finished_at"] = finished_at
         w.records.append(hset(key, fields))
         w.records.append(("EXPIRE", key, (self.result_ttl,)))
         w.count(k.stats(queue), outcome.status)
@@ -261,11 +324,16 @@ class WriteBuilder:
                 attempts=payload.attempts + 1,
             )
             return w.merge(self.bury(worker, raw, entry))
-        if payload.attempts:  # only a job run before can have stalled
-            w.queue.append(("HDEL", k.stalls(queue), (payload.id,)))
         # From the tail: jobs enter the active list at its head, so the one ending
-        # is among the oldest, and the jobs taken ahead wait in front of it.
+        # is among the oldest, and the jobs taken ahead wait in front of it. (So do
+        # "done" rows: see Writes.queue_commands and scripts.APPLY.)
         w.queue.append(("LREM", k.active(queue, worker), (-1, raw)))
+        return self._unstall(w, queue, payload)
+
+    def _unstall(self, w: Writes, queue: str, payload: Payload) -> Writes:
+        """Forget the stalls of a job that ended; only a job run before can have any."""
+        if payload.attempts:
+            w.queue.append(("HDEL", self.keys.stalls(queue), (payload.id,)))
         return w
 
     def release_key(self, queue: str, payload: Payload) -> tuple[str, list[str], list[Any]]:

@@ -343,6 +343,56 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
     assert r.hget(KEYS.job(payload.id), "status") == b"done"
 
 
+@pytest.mark.parametrize("start_stored", [False, True], ids=["quick", "start stored"])
+def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
+    app: App, r: redis.Redis, start_stored: bool
+) -> None:
+    # On one Redis a job done goes to APPLY as its values alone; a Redis Cluster or
+    # memory:// gets the same write as commands. Both must leave the same record.
+    class Piped(redis.Redis):  # not exactly redis.Redis: the broker sends pipelines
+        pass
+
+    piped = Broker(Piped.from_url(app.settings.redis_url))
+    writes = app.broker.writes
+    active, stalls = KEYS.active("default", "w1"), KEYS.stalls("default")
+    records = []
+    for broker in (app.broker, piped):
+        payload, raw = tasks.add.payload((1, 2), {})
+        payload = payload.next_attempt()  # run before: it may have stalled
+        other, _ = tasks.add.payload((3, 4), {})
+        r.lpush(active, raw)
+        r.hset(stalls, payload.id, 1)
+        started = None if start_stored else 1000.0
+        done = writes.finish("default", "w1", raw, payload, Outcome("done", "3"), started)
+        assert len(done.done) == 1  # the compact form
+        assert not done.records
+        # Merged with other writes, as the worker's batcher sends them.
+        broker.apply(writes.start("default", "w1", other, 999.0).merge(done))
+        assert r.hget(KEYS.job(other.id), "status") == b"active"
+        assert r.llen(active) == 0
+        assert not r.hexists(stalls, payload.id)
+        assert 0 < r.ttl(KEYS.job(payload.id)) <= app.settings.result_ttl
+        record = r.hgetall(KEYS.job(payload.id))
+        assert float(record.pop(b"finished_at")) == pytest.approx(time.time(), abs=60)
+        enqueued_at = record.pop(b"enqueued_at", None)  # stored only with the start
+        assert enqueued_at == (None if start_stored else repr(payload.enqueued_at).encode())
+        records.append(record)
+    piped.close()
+    assert records[0] == records[1]
+    expected = {b"status": b"done", b"result": b"3"}
+    if not start_stored:
+        expected |= {
+            b"task": b"add",
+            b"queue": b"default",
+            b"args": b"[1,2]",
+            b"kwargs": b"{}",
+            b"attempts": b"2",
+            b"worker": b"w1",
+            b"started_at": b"1000.0",
+        }
+    assert records[0] == expected
+
+
 def test_a_bounded_pool_is_not_short_of_a_connection(redis_url: str) -> None:
     # Each broker's own connection is made outside redis-py's pool.
     bounded = App(redis_url + "?max_connections=1")
