@@ -186,7 +186,7 @@ class JobRunner:
         if task.cancelled():  # also before it ever ran: nothing more is written
             self.on_ran(None)
             self.on_done("cancelled")
-        if self._waiting:
+        if self._waiting and len(self._tasks) < self.concurrency:
             self._start_waiting()
 
     async def _run_reporting(self, queue: str, raw: bytes) -> None:
