@@ -167,6 +167,11 @@ def test_a_payload_exactly_at_the_limit_is_accepted() -> None:
             "1e999 is too large for a 64-bit float",
             id="overflow-arg",
         ),
+        pytest.param(  # no exponent at all; the message shows the number cut short
+            b'{"task":"x","args":[1' + b"0" * 400 + b".5]}",
+            r"not JSON: 10{19}\.\.\.0{8}\.5 \(403 characters\) is too large for",
+            id="overflow-long-number",
+        ),
     ],
 )
 def test_non_standard_json_numbers_are_refused(data: bytes, message: str) -> None:
