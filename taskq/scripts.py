@@ -23,6 +23,20 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 
+# KEYS: active, queue. ARGV: jobs taken ahead that a worker gives back, newest first.
+# Puts each that is still in the active list back at the end of the queue that
+# workers take from, so the oldest is taken first again; returns how many.
+GIVE_BACK = """
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS: active, dead, dead data, stats, stalls. ARGV: raw job, dead-letter id, entry
 # JSON, now, trim entries that died before this time. Adds the dead letter and takes
 # the job out of the active list in one step; returns how many old entries were trimmed.

@@ -376,6 +376,14 @@ class WriteBuilder:
             ]
         )
 
+    def give_back(self, queue: str, worker: str, raws: Sequence[bytes]) -> Writes:
+        """Return jobs taken ahead but not started (newest first) to the front of
+        their queue, for other workers."""
+        k = self.keys
+        return Writes(
+            scripts=[(scripts.GIVE_BACK, [k.active(queue, worker), k.queue(queue)], list(raws))]
+        )
+
     def give_id(self, queue: str, worker: str, raw: bytes, new_raw: bytes) -> Writes:
         """Store a job pushed without an id under the id the worker gave it: the new
         form goes in before the old one leaves, so the job is never out of the list."""

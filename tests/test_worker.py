@@ -23,7 +23,9 @@ from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
+from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
+from taskq.worker.runner import JobRunner
 from taskq.writes import Outcome, Writes
 
 from . import tasks
@@ -235,6 +237,42 @@ def test_automatic_prefetch_takes_ahead_only_jobs_that_start_soon(app: App) -> N
         fixed._running += 1
         fixed._job_ran(0.001)
     assert fixed.capacity == 13
+
+
+def test_jobs_taken_ahead_go_back_to_the_queue_once_runs_turn_slow(
+    app: App, r: redis.Redis
+) -> None:
+    # Taken ahead while runs were quick; the prefetch has since dropped to nothing.
+    raws = [tasks.add.payload((i, i), {})[1] for i in range(10)]
+    active, queue = KEYS.active("default", "w1"), KEYS.queue("default")
+    r.lpush(active, *raws)  # as the master's fetch leaves them, oldest at the tail
+    ran: list[float | None] = []
+    done: list[str] = []
+
+    async def main() -> None:
+        over = asyncio.Event()
+
+        def on_done(status: str) -> None:
+            done.append(status)
+            if len(done) == len(raws):
+                over.set()
+
+        runner = JobRunner(
+            app, app.abroker(), "w1", DaemonExecutor(), 1, ran.append, on_done, ahead=lambda: 0
+        )
+        try:
+            await runner.run_batch("default", raws)
+            await asyncio.wait_for(over.wait(), 10)
+        finally:
+            await runner.close()
+
+    asyncio.run(main())
+    # Concurrency 1: as the first run ended, the second job started and the eight
+    # still waiting went back to the front of the queue, in their order.
+    assert sorted(done) == ["done"] * 2 + ["given back"] * 8
+    assert ran.count(None) == 8
+    assert r.lrange(queue, 0, -1) == raws[2:][::-1]  # the oldest is taken first
+    assert r.llen(active) == 0
 
 
 def test_jobs_whose_outcome_is_not_stored_yet_hold_no_slot_but_are_bounded(app: App) -> None:

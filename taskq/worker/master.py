@@ -258,6 +258,7 @@ class Worker:
             self._job_ran,
             self._job_done,
             self.metrics,
+            ahead=None if self.prefetch is not None else self._prefetched,
         )
 
     def _start_metrics(self) -> MetricsServer | None:
@@ -406,6 +407,10 @@ class Worker:
             self._in_flight += len(raws)
             self._running += len(raws)
         self._loop.submit(self._runner.run_batch(queue, raws))
+
+    def _prefetched(self) -> int:
+        """The jobs the automatic prefetch wants taken ahead now."""
+        return self.capacity - self.concurrency
 
     def _set_prefetch(self, prefetch: int) -> None:
         self.capacity = self.concurrency + prefetch

@@ -38,6 +38,8 @@ START_RECORD_DELAY = 0.05
 Ran = Callable[[float | None], None]
 #: Reports a job is over, with how it ended.
 Done = Callable[[str], None]
+#: How many jobs the worker wants taken ahead now (its prefetch).
+Ahead = Callable[[], int]
 
 
 class _Ended:
@@ -106,10 +108,13 @@ class JobRunner:
         on_ran: Ran,
         on_done: Done,
         metrics: Metrics | None = None,
+        ahead: Ahead | None = None,
     ) -> None:
         self.app = app
         self.on_ran = on_ran
         self.on_done = on_done
+        self.ahead = ahead  # None: keep every job taken ahead (a fixed prefetch)
+        self._giving_back = False
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
@@ -181,6 +186,35 @@ class JobRunner:
             self._tasks.add(task)
             task.add_done_callback(self._ended)
 
+    def _give_back_excess(self, ahead: int) -> None:
+        """Give back the newest jobs waiting beyond ``ahead``, once they are more than
+        ``ahead`` and than a job per slot (not for every wobble of the prefetch):
+        jobs were taken ahead while runs were quick and runs have turned slow, so
+        idle workers should have them. One give-back at a time."""
+        excess = len(self._waiting) - ahead
+        if excess <= max(ahead, self.concurrency):
+            return
+        back: dict[str, list[bytes]] = {}
+        for _ in range(excess):
+            queue, raw = self._waiting.pop()
+            back.setdefault(queue, []).append(raw)
+            self.on_ran(None)  # its place is free
+        self._giving_back = True
+        for queue, raws in back.items():
+            count = len(raws)
+
+            def stored(exc: BaseException | None, queue: str = queue, count: int = count) -> None:
+                self._giving_back = False
+                if exc is not None and not isinstance(exc, WriteAbandoned):
+                    # They stay in the active list: put back when the worker stops, or
+                    # recovered by another worker if it dies.
+                    log.error("could not give back %d jobs of queue %r: %r", count, queue, exc)
+                for _ in range(count):
+                    self.on_done("given back")
+
+            self.batcher.submit(self.writes.give_back(queue, self.worker_id, raws), stored)
+        log.info("gave back %d jobs taken ahead: runs turned slow", excess)
+
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)  # its slot is free (if its run did not free it)
         if task.cancelled():  # also before it ever ran: nothing more is written
@@ -203,6 +237,8 @@ class JobRunner:
         self._tasks.discard(me)
         if self._waiting:
             self._start_waiting()
+            if self.ahead is not None and not self._giving_back:
+                self._give_back_excess(self.ahead())
         on_ran(None if ended is None else ended.run_time)
         if ended is None:
             on_done("error")
