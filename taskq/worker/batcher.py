@@ -8,8 +8,10 @@ is flushed on the next loop pass, so batching adds no latency there; a busy work
 sends one round trip for many jobs, and its outcomes are stored at most about a
 millisecond later.
 
-Order is kept: writes are applied in the order they were submitted, so a job's
-start is always stored before its outcome. During a Redis outage the flusher retries
+Order is kept for each job: its writes are applied in the order they were submitted,
+so its start is always stored before its outcome. (Across jobs a merged batch may
+reorder: the outcomes of jobs done come after the batch's other record writes, see
+:attr:`taskq.writes.Writes.done`.) During a Redis outage the flusher retries
 the same batch with capped backoff; the master cannot take jobs either, and takes
 none once MAX_UNSTORED outcomes wait (see :mod:`taskq.worker.master`).
 """

@@ -62,7 +62,8 @@ BLOCK_SECONDS = 1.0
 #: shrank the prefetch just when the master's fetches were slowest, waiting for the
 #: GIL at each system call.) The master fetches again once half have started: the
 #: fewer its fetches, the less it takes the GIL from the loop (noop jobs: 20 ms ahead
-#: cost the loop ~3 % more CPU per job than 50 ms).
+#: cost the loop ~3 % more CPU per job than 50 ms). Jobs held beyond it when runs turn
+#: slow go back to their queue (see :meth:`JobRunner._give_back_excess`).
 AUTO_PREFETCH_WAIT = 0.05
 AUTO_PREFETCH_MAX = 1000
 PREFETCH_WINDOW = 0.1
