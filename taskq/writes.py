@@ -79,9 +79,8 @@ class Writes:
         self.queue += other.queue
         self.scripts += other.scripts
         self.done += other.done
-        counters = self.counters
-        for counter, n in other.counters.items():
-            counters[counter] = counters.get(counter, 0) + n
+        for (key, name), n in other.counters.items():
+            self.count(key, name, n)
         return self
 
     def record_commands(self) -> list[Command]:

@@ -115,7 +115,7 @@ class JobRunner:
         self.on_ran = on_ran
         self.on_done = on_done
         self.ahead = ahead  # None: keep every job taken ahead (a fixed prefetch)
-        self._giving_back = False
+        self._giving_back = 0  # give-back writes not yet stored
         self.broker = broker
         self.worker_id = worker_id
         self.executor = executor
@@ -200,12 +200,12 @@ class JobRunner:
             queue, raw = self._waiting.pop()
             back.setdefault(queue, []).append(raw)
             self.on_ran(None)  # its place is free
-        self._giving_back = True
+        self._giving_back = len(back)
         for queue, raws in back.items():
             count = len(raws)
 
             def stored(exc: BaseException | None, queue: str = queue, count: int = count) -> None:
-                self._giving_back = False
+                self._giving_back -= 1
                 if exc is not None and not isinstance(exc, WriteAbandoned):
                     # They stay in the active list: put back when the worker stops, or
                     # recovered by another worker if it dies.
