@@ -79,8 +79,9 @@ class Writes:
         self.queue += other.queue
         self.scripts += other.scripts
         self.done += other.done
-        for (key, name), n in other.counters.items():
-            self.count(key, name, n)
+        counters = self.counters
+        for key, n in other.counters.items():
+            counters[key] = counters.get(key, 0) + n
         return self
 
     def record_commands(self) -> list[Command]:
@@ -230,6 +231,8 @@ class WriteBuilder:
         self.keys = keys
         self.result_ttl = result_ttl
         self.dead_retention = dead_retention
+        # (queue, worker) -> (active list, stats hash): made once, not for every job.
+        self._done_keys: dict[tuple[str, str], tuple[str, str]] = {}
 
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
@@ -265,23 +268,26 @@ class WriteBuilder:
         payload: Payload,
         outcome: Outcome,
         started_at: float | None = None,
+        ended_at: float | None = None,
     ) -> Writes:
         """Store the outcome, then release the job from the active list: to nowhere
         (done), to the delayed set (a retry) or to the dead letters (failed).
 
         ``started_at`` is given when the start was never stored on its own (a job
-        that ended quickly): the outcome then carries the start's fields too."""
+        that ended quickly): the outcome then carries the start's fields too.
+        ``ended_at``: when the job ended, if not now."""
         k = self.keys
         key = k.job(payload.id)
-        finished_at = repr(time.time())
+        finished_at = repr(time.time() if ended_at is None else ended_at)
         if outcome.status == "done" and not payload.key:  # the bulk: a compact row
-            row: DoneRow = (key, k.active(queue, worker), self.result_ttl, raw)
-            row += (outcome.result, finished_at)
+            keys = self._done_keys.get((queue, worker))
+            if keys is None:
+                keys = self._done_keys[queue, worker] = (k.active(queue, worker), k.stats(queue))
+            row: DoneRow = (key, keys[0], self.result_ttl, raw, outcome.result, finished_at)
             if started_at is not None:
                 row += start_values(payload, queue, worker, started_at)
-            w = Writes(done=[row])
-            w.count(k.stats(queue), "done")
-            return self._unstall(w, queue, payload)
+            w = Writes(done=[row], counters={(keys[1], "done"): 1})
+            return self._unstall(w, queue, payload) if payload.attempts else w
         fields = {} if started_at is None else started_fields(payload, queue, worker, started_at)
         fields["status"] = outcome.status
         for name in ("result", "error", "traceback"):

@@ -300,13 +300,14 @@ class JobRunner:
                 self.metrics.in_progress.dec()
             raise
         self._unrecorded.pop(payload.id, None)
-        run_time = time.time() - started_at
+        ended_at = time.time()
+        run_time = ended_at - started_at
         if self.metrics:
             self.metrics.job_ended(payload.task, outcome.status, run_time)
         # Ended before its start was stored: the outcome stores both at once.
         quick = not running.start_stored
         writes = self.writes.finish(
-            queue, self.worker_id, raw, payload, outcome, started_at if quick else None
+            queue, self.worker_id, raw, payload, outcome, started_at if quick else None, ended_at
         )
         return _Ended(outcome.status, writes, (payload, outcome, attempt, run_time))
 
