@@ -155,6 +155,12 @@ class Worker:
         self._in_flight = 0
         self._running = 0
         self._completions = 0
+        # Loop thread only: what ended since the master's counts were last brought up
+        # to date (once per loop pass, not a lock per job): runs over, of which real
+        # runs, and outcomes by status.
+        self._ran = self._runs = 0
+        self._ended: dict[str, int] = {}
+        self._tally_due = False
         self._promote_at = 0.0
         self._aborts_at = self._aborts_busy_at = 0.0
         self._cron: Scheduler | None = None
@@ -417,13 +423,13 @@ class Worker:
         self.capacity = self.concurrency + prefetch
         self._refill = max(1, prefetch // 2)  # free slots worth waking the master for
 
-    def _adapt_prefetch(self, now: float) -> None:
-        """Count a run that ended at ``now`` (monotonic seconds); once a window has
-        passed, take ahead what starts within AUTO_PREFETCH_WAIT seconds at the rate
-        runs ended in it (call under ``_slots``, automatic prefetch only)."""
+    def _adapt_prefetch(self, now: float, runs: int = 1) -> None:
+        """Count ``runs`` runs that ended by ``now`` (monotonic seconds); once a window
+        has passed, take ahead what starts within AUTO_PREFETCH_WAIT seconds at the
+        rate runs ended in it (call under ``_slots``, automatic prefetch only)."""
         if self._window_start is None:
             self._window_start = now
-        self._window_ends += 1
+        self._window_ends += runs
         elapsed = now - self._window_start
         if elapsed < PREFETCH_WINDOW:
             return
@@ -440,31 +446,52 @@ class Worker:
 
     def _job_ran(self, run_time: float | None) -> None:
         """Called on the loop thread as each job's run ends (``run_time`` seconds;
-        None if it did not run), before its outcome is stored: its slot is free. The
-        master is woken once enough slots are free to be worth a fetch (half the
-        prefetch), or when nothing runs."""
-        with self._slots:
-            self._running -= 1
-            self._completions += 1
-            if run_time is not None and self.prefetch is None:
-                self._adapt_prefetch(time.monotonic())
-            if self._free() >= self._refill or not self._running:
-                self._slots.notify_all()
+        None if it did not run), before its outcome is stored: its slot is free."""
+        self._ran += 1
+        if run_time is not None:
+            self._runs += 1
+        if not self._tally_due:
+            self._tally_soon()
 
     def _job_done(self, status: str) -> None:
         """Called on the loop thread as each job is over: its outcome stored, or it
-        was cancelled, or its outcome could not be stored (it stays active). Wakes
-        the master if nothing is left, or if slots are free (once MAX_UNSTORED
-        outcomes waited, a stored one frees them)."""
+        was cancelled, or its outcome could not be stored (it stays active)."""
+        ended = self._ended
+        ended[status] = ended.get(status, 0) + 1
+        if not self._tally_due:
+            self._tally_soon()
+
+    def _tally_soon(self) -> None:
+        assert self._loop is not None
+        self._tally_due = True
+        self._loop.loop.call_soon(self._tally)
+
+    def _tally(self) -> None:
+        """Bring the master's counts up to date with the runs and outcomes that ended
+        this loop pass (on the loop thread; on the master once the loop has stopped).
+        The master is woken once enough slots are free to be worth a fetch (half the
+        prefetch), when nothing runs or nothing is left, or when a retry is due."""
+        self._tally_due = False
+        ran, runs, ended = self._ran, self._runs, self._ended
+        if not ran and not ended:
+            return
+        self._ran = self._runs = 0
+        self._ended = {}
+        stats = self.stats
         with self._slots:
-            self._in_flight -= 1
-            self._completions += 1
-            if status in ("done", "failed", "dead", "aborted"):
-                setattr(self.stats, status, getattr(self.stats, status) + 1)
-            elif status == "scheduled":
-                self.stats.retried += 1
-                self._promote_at = 0.0  # an immediate retry is due now: look at once
-            if not self._in_flight or self._free() >= self._refill:
+            self._running -= ran
+            self._completions += ran
+            if runs and self.prefetch is None:
+                self._adapt_prefetch(time.monotonic(), runs)
+            for status, n in ended.items():
+                self._in_flight -= n
+                self._completions += n
+                if status in ("done", "failed", "dead", "aborted"):
+                    setattr(stats, status, getattr(stats, status) + n)
+                elif status == "scheduled":
+                    stats.retried += n
+                    self._promote_at = 0.0  # an immediate retry is due now: look at once
+            if not self._running or not self._in_flight or self._free() >= self._refill:
                 self._slots.notify_all()
 
     def _wait_for_slot(self, timeout: float) -> int:
@@ -533,6 +560,7 @@ class Worker:
         except Exception as exc:
             log.debug("closing the loop's redis client: %r", exc)
         self._loop.stop()
+        self._tally()  # what ended in the loop's last pass
         executor.shutdown(wait=False)
         for queue in self.queues:
             try:
