@@ -333,12 +333,38 @@ class JobRunner:
         self, task: Task[Any, Any] | None, payload: Payload, attempt: int
     ) -> Outcome:
         """The job's outcome, or "aborted" if its abort cancelled it (a shutdown's
-        cancellation goes on up: the job is put back)."""
+        cancellation goes on up: the job is put back). One coroutine, the job's call
+        included: each level of awaiting costs every step of every job."""
+        if task is None:
+            names = ", ".join(sorted(self.app.tasks)) or "none"
+            return Outcome(
+                "failed",
+                error=f"UnknownTask: no task named {payload.task!r} is "
+                f"registered with this worker (registered: {names})",
+            )
         me = asyncio.current_task()
         assert me is not None
         self._current[payload.id] = me
         try:
-            return await self._outcome(task, payload, attempt)
+            try:
+                if task.is_async and task.timeout is None:  # the common case, inline
+                    try:  # wrong arguments fail here, before the coroutine exists
+                        coro = task.fn(*payload.args, **payload.kwargs)
+                    except TypeError as exc:
+                        raise _bad_arguments(task, payload) or exc from None
+                    value = await coro
+                else:
+                    value = await self._call(task, payload)
+            except BadArguments as exc:
+                return Outcome(
+                    "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
+                )
+            except asyncio.CancelledError as exc:
+                if me.cancelling():
+                    raise  # cancelled from outside: an abort or a shutdown
+                return self._failure(task, exc, attempt)  # the job's code raised it itself
+            except BaseException as exc:  # a task's SystemExit must not stop the loop thread
+                return self._failure(task, exc, attempt)
         except asyncio.CancelledError:
             if payload.id not in self._aborting or not self._starting:
                 raise
@@ -347,30 +373,6 @@ class JobRunner:
             return Outcome("aborted", error="Aborted while running")
         finally:
             del self._current[payload.id]
-
-    async def _outcome(
-        self, task: Task[Any, Any] | None, payload: Payload, attempt: int
-    ) -> Outcome:
-        if task is None:
-            names = ", ".join(sorted(self.app.tasks)) or "none"
-            return Outcome(
-                "failed",
-                error=f"UnknownTask: no task named {payload.task!r} is "
-                f"registered with this worker (registered: {names})",
-            )
-        try:
-            value = await self._call(task, payload)
-        except BadArguments as exc:
-            return Outcome(
-                "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
-            )
-        except asyncio.CancelledError as exc:
-            me = asyncio.current_task()
-            if me is None or me.cancelling():
-                raise  # cancelled from outside: an abort or a shutdown
-            return self._failure(task, exc, attempt)  # the job's code raised it itself
-        except BaseException as exc:  # a task's SystemExit must not stop the loop thread
-            return self._failure(task, exc, attempt)
         try:
             return Outcome("done", result="null" if value is None else dumps(value))
         except (TypeError, ValueError) as exc:
@@ -391,6 +393,7 @@ class JobRunner:
         return Outcome("failed", error=error, traceback=tb)
 
     async def _call(self, task: Task[Any, Any], payload: Payload) -> Any:
+        """Call a sync task in a thread, or an async one with a timeout."""
         if task.is_async:
             try:  # wrong arguments fail here, before the coroutine exists
                 coro = task.fn(*payload.args, **payload.kwargs)
