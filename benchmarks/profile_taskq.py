@@ -2,6 +2,7 @@
 
     benchmarks/.venvs/taskq/bin/python benchmarks/profile_taskq.py [--jobs 20000]
         [--kind noop|sleep] [--concurrency 10] [--top 25] [--out prof-dir]
+        [--cpu | --ceiling]
 
 Starts a private redis-server, pushes the jobs with ``push_many``, then runs
 ``taskq worker --burst`` in this process with a profiler on the master thread, the
@@ -9,6 +10,9 @@ event-loop thread and every other thread, and prints each thread's hottest funct
 (by own time) and the whole process's. ``--out`` also writes one ``.pstats`` per
 thread (open with ``python -m pstats`` or snakeviz). The profiler slows everything
 ~2x: compare the shares, not the rates, with bench.py's.
+
+``--ceiling`` prints the same for the no-queue ceiling (the job bodies run straight from
+an asyncio loop at the same concurrency, in this process), to compare with ``--cpu``.
 
 ``--cpu`` runs without the profiler and prints what each thread cost per job instead:
 CPU time (from /proc, read as the last job completes) and context switches. The loop
@@ -130,6 +134,36 @@ def _report_threads(top: int, out: Path | None) -> None:
         report(combined, "all threads", top)
 
 
+def _ceiling_cpu(kind: str, jobs: int, concurrency: int) -> None:
+    """Run the ceiling's jobs in this process; print its CPU time per job."""
+    import asyncio
+    import resource
+
+    from libs import common
+
+    async def run() -> None:
+        await common.aredis().ping()
+        left = iter(range(jobs))
+
+        async def runner() -> None:
+            for _ in left:
+                await common.JOBS[kind]()
+
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        began = time.perf_counter()
+        await asyncio.gather(*(runner() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user = (after.ru_utime - before.ru_utime) * 1e6 / jobs
+        system = (after.ru_stime - before.ru_stime) * 1e6 / jobs
+        print(
+            f"ceiling {user + system:7.1f} us CPU/job ({system:5.1f} in the kernel)   "
+            f"{jobs / elapsed:.0f} jobs/s"
+        )
+
+    asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -138,6 +172,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cpu", action="store_true", help="per-thread CPU, no profiler")
+    parser.add_argument("--ceiling", action="store_true", help="the ceiling's CPU per job")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="taskq-profile-"))
     with redis_server(workdir) as url:
@@ -149,6 +184,9 @@ def main() -> None:
 
         from taskq import cli
 
+        if args.ceiling:
+            _ceiling_cpu(args.kind, args.jobs, args.concurrency)
+            return
         bench_tasks.TASKS[args.kind].push_many([()] * args.jobs)
         bench_tasks.app.close()  # the CLI configures the app afresh
         argv = ["worker", "--app", "libs.taskq", "--redis-url", url, "--burst"]
