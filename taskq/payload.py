@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,41 +98,57 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadPayload(f"payload is not UTF-8: {exc}") from None
-    try:
-        data = _DECODER.decode(text)
-    except ValueError as exc:
-        raise BadPayload(f"payload is not JSON: {exc}") from None
-    if not isinstance(data, dict):
+    data = _parse(text)
+    # JSON gives exact types (a bool is not an int here), so `type(x) is` checks them.
+    if type(data) is not dict:
         raise BadPayload(
             f"payload must be a JSON object with a 'task' field, not {type(data).__name__}"
         )
     task = data.get("task")
-    if not isinstance(task, str) or not task:
+    if type(task) is not str or not task:
         raise BadPayload("payload has no 'task' field (a non-empty string)")
     args = data.get("args", [])
-    if not isinstance(args, list):
+    if type(args) is not list:
         raise BadPayload(f"'args' must be a JSON array, not {type(args).__name__}")
     kwargs = data.get("kwargs", {})
-    if not isinstance(kwargs, dict):
+    if type(kwargs) is not dict:
         raise BadPayload(f"'kwargs' must be a JSON object, not {type(kwargs).__name__}")
     job_id = data.get("id")
     missing_id = job_id is None
     if missing_id:
         job_id = new_id()
-    elif not isinstance(job_id, str) or not job_id or len(job_id) > _ID_MAX:
+    elif type(job_id) is not str or not job_id or len(job_id) > _ID_MAX:
         raise BadPayload(f"'id' must be a non-empty string of at most {_ID_MAX} characters")
-    enqueued_at = data.get("enqueued_at", time.time())
-    if isinstance(enqueued_at, bool) or not isinstance(enqueued_at, int | float):
+    enqueued_at = data.get("enqueued_at", _MISSING)
+    if enqueued_at is _MISSING:
+        enqueued_at = time.time()
+    elif type(enqueued_at) is not float and type(enqueued_at) is not int:
         raise BadPayload("'enqueued_at' must be a number (seconds since the epoch)")
-    if not math.isfinite(enqueued_at):
+    elif not math.isfinite(enqueued_at):
         raise BadPayload("'enqueued_at' must be a finite number")
     attempts = data.get("attempts", 0)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+    if type(attempts) is not int or attempts < 0:
         raise BadPayload("'attempts' must be a whole number, zero or more")
     key = data.get("key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > _ID_MAX):
+    if key is not None and (type(key) is not str or not key or len(key) > _ID_MAX):
         raise BadPayload(f"'key' must be a non-empty string of at most {_ID_MAX} characters")
     return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts, key), missing_id
+
+
+def _parse(text: str) -> Any:
+    """The JSON value of ``text``; BadPayload if it is not JSON. A job as taskq writes
+    it goes through the decoder's scanner alone; anything else (whitespace around it,
+    extra data, an error) through the whole decoder, which accepts or names it."""
+    try:
+        value, end = _SCAN(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    try:
+        return _DECODER.decode(text)
+    except ValueError as exc:
+        raise BadPayload(f"payload is not JSON: {exc}") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -150,6 +167,9 @@ def _finite_float(text: str) -> float:
 # float goes through _finite_float (1e999 must not become infinity): a call per float
 # costs less than the regex search for a huge exponent that used to pick the cases.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# The decoder's scanner (set by JSONDecoder.__init__; typeshed does not declare it).
+_SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # noqa: B009
+_MISSING: Any = object()
 
 
 def peek_id(raw: bytes) -> str | None:

@@ -79,6 +79,7 @@ def test_an_id_of_the_maximum_length_is_accepted() -> None:
         pytest.param(b"", "not JSON", id="empty"),
         pytest.param(b"{task: x}", "not JSON", id="not-json"),
         pytest.param(b'{"task":"x"', "not JSON", id="truncated"),
+        pytest.param(b'{"task":"x"} {}', "not JSON", id="extra-data"),
         pytest.param(b'[{"task":"x"}]', "must be a JSON object", id="array"),
         pytest.param(b"42", "must be a JSON object", id="number"),
         pytest.param(b'"x"', "must be a JSON object", id="string"),
@@ -126,6 +127,11 @@ def test_bad_payloads_are_refused_with_a_message_naming_the_problem(
     with pytest.raises(BadPayload) as info:
         decode(data)
     assert message in str(info.value)
+
+
+def test_whitespace_around_a_payload_is_fine() -> None:
+    payload, _ = decode(b' \n{"task": "x", "args": [1.5]}\r\n ')
+    assert (payload.task, payload.args) == ("x", [1.5])
 
 
 def test_bad_payload_is_a_value_error() -> None:
