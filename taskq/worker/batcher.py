@@ -56,16 +56,17 @@ class WriteBatcher:
         self.metrics = metrics
         self._pending: list[tuple[Writes, Stored | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()  # made on the loop it serves
 
     def submit(self, writes: Writes, stored: Stored | None = None) -> None:
         """Queue ``writes`` (they stay ordered with the rest); ``stored`` is called on
         the loop once Redis has them, or with the error if Redis refused them."""
         self._pending.append((writes, stored))
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = self._loop.create_task(self._flush())
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             # Let every job that is ready this loop pass add its writes first: one
             # batch for all of them instead of one for the first and one for the rest.

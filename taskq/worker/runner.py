@@ -122,6 +122,9 @@ class JobRunner:
         self.writes = broker.writes
         self.metrics = metrics
         self.batcher = WriteBatcher(broker, metrics)
+        # Made on the loop it serves. Kept: looking the running loop up costs a getpid()
+        # system call each time, and it was looked up several times a job.
+        self._loop = asyncio.get_running_loop()
         self.concurrency = concurrency
         # Jobs handed over beyond `concurrency` (the master's prefetch) wait here, not
         # as tasks: a task parked on a semaphore cost ~2.7 us more a job.
@@ -180,7 +183,7 @@ class JobRunner:
                 self.on_ran(None)
                 self.on_done("unstarted")
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         while waiting and len(self._tasks) < self.concurrency:
             queue, raw = waiting.popleft()
             task = loop.create_task(self._run_reporting(queue, raw))
@@ -226,7 +229,7 @@ class JobRunner:
 
     async def _run_reporting(self, queue: str, raw: bytes) -> None:
         on_ran, on_done = self.on_ran, self.on_done
-        me = asyncio.current_task()
+        me = asyncio.current_task(self._loop)
         ended: _Ended | None = None
         try:
             ended = await self._run(queue, raw)
@@ -287,7 +290,7 @@ class JobRunner:
         running = _Running(queue, payload, started_at)
         self._unrecorded[payload.id] = running
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(
+            self._sweep = self._loop.call_later(
                 START_RECORD_DELAY, self._store_starts
             )
         if self.metrics:
@@ -327,7 +330,7 @@ class JobRunner:
         if unrecorded:
             oldest = next(iter(unrecorded.values()))
             wait = max(oldest.started_at - due, 0.001)
-            self._sweep = asyncio.get_running_loop().call_later(wait, self._store_starts)
+            self._sweep = self._loop.call_later(wait, self._store_starts)
 
     async def _outcome_or_abort(
         self, task: Task[Any, Any] | None, payload: Payload, attempt: int
@@ -342,7 +345,7 @@ class JobRunner:
                 error=f"UnknownTask: no task named {payload.task!r} is "
                 f"registered with this worker (registered: {names})",
             )
-        me = asyncio.current_task()
+        me = asyncio.current_task(self._loop)
         assert me is not None
         self._current[payload.id] = me
         try:
@@ -405,9 +408,8 @@ class JobRunner:
                 raise bad
             # A sync task cannot be interrupted: on timeout its thread runs on and its
             # result is discarded; the executor grows a new thread for the next job.
-            loop = asyncio.get_running_loop()
             call = functools.partial(task.fn, *payload.args, **payload.kwargs)
-            coro = loop.run_in_executor(self.executor, call)
+            coro = self._loop.run_in_executor(self.executor, call)
         if task.timeout is None:
             return await coro
         try:
