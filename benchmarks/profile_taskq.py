@@ -92,11 +92,16 @@ def _measure_cpu(jobs: int) -> None:
     fetch_loop, shutdown = Worker._fetch_loop, Worker._shutdown
     before: dict[str, tuple[float, float, int, int]] = {}
 
+    began: list[float] = []
+
     def measured_fetch_loop(self: Worker, *a: Any) -> None:
         before.update(_thread_costs())
+        began.append(time.perf_counter())
         fetch_loop(self, *a)
 
     def measured_shutdown(self: Worker, *a: Any) -> None:
+        elapsed = time.perf_counter() - began[0]
+        print(f"{jobs / elapsed:.0f} jobs/s, {elapsed * 1e6 / jobs:.1f} us a job in all")
         for name, (user, system, vol, invol) in sorted(_thread_costs().items()):
             user0, system0, vol0, invol0 = before.get(name, (0.0, 0.0, 0, 0))
             cpu = (user - user0 + system - system0) * 1e6 / jobs
