@@ -204,6 +204,15 @@ async def raises_cancelled() -> None:
 
 
 @app.task
+async def cancels_its_own_task() -> None:
+    """Cancels the task it runs in, as code beyond taskq's reach might."""
+    me = asyncio.current_task()
+    assert me is not None
+    me.cancel()
+    await asyncio.sleep(0)
+
+
+@app.task
 async def asks_to_retry_without_budget() -> None:
     raise taskq.Retry(delay=0)
 

@@ -308,6 +308,34 @@ def test_a_job_raising_cancelled_error_itself_fails_and_frees_its_slot(
     assert r.keys("taskq:{default}:active:*") == []
 
 
+def test_a_job_cancelling_its_own_task_frees_its_slot_and_is_put_back(
+    app: App, r: redis.Redis
+) -> None:
+    tasks.cancels_its_own_task.push()
+    after = tasks.add.push(1, 2)
+    stats = burst(app, concurrency=1)
+    assert after.result(timeout=1) == 3  # its slot went to the next job
+    assert (stats.done, stats.put_back) == (1, 1)
+    assert r.llen(KEYS.queue("default")) == 1  # back in its queue, as after a shutdown
+
+
+def test_jobs_cancelled_before_they_ran_are_reported_cancelled(app: App) -> None:
+    raws = [tasks.add.payload((i, i), {})[1] for i in range(3)]
+    ran: list[float | None] = []
+    done: list[str] = []
+
+    async def main() -> None:
+        runner = JobRunner(app, app.abroker(), "w1", DaemonExecutor(), 3, ran.append, done.append)
+        try:
+            await runner.run_batch("default", raws)  # their tasks exist, none has run
+            await runner.cancel_running(5)
+        finally:
+            await runner.close()
+
+    asyncio.run(main())
+    assert (ran, done) == ([None] * 3, ["cancelled"] * 3)
+
+
 def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
     class Unreachable:
         def __init__(self) -> None:

@@ -158,6 +158,9 @@ class JobRunner:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        for task in tasks:
+            if task.cancelled() and task in self._tasks:  # cancelled before it ever ran
+                self._cancelled(task)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (bounded), then close this loop's client."""
@@ -186,9 +189,7 @@ class JobRunner:
         loop = self._loop
         while waiting and len(self._tasks) < self.concurrency:
             queue, raw = waiting.popleft()
-            task = loop.create_task(self._run_reporting(queue, raw))
-            self._tasks.add(task)
-            task.add_done_callback(self._ended)
+            self._tasks.add(loop.create_task(self._run_reporting(queue, raw)))
 
     def _give_back_excess(self, ahead: int) -> None:
         """Give back the newest jobs waiting beyond ``ahead``, once they are more than
@@ -219,22 +220,30 @@ class JobRunner:
             self.batcher.submit(self.writes.give_back(queue, self.worker_id, raws), stored)
         log.info("gave back %d jobs taken ahead: runs turned slow", excess)
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)  # its slot is free (if its run did not free it)
-        if task.cancelled():  # also before it ever ran: nothing more is written
-            self.on_ran(None)
-            self.on_done("cancelled")
+    def _cancelled(self, task: asyncio.Task[Any]) -> None:
+        """A job's task was cancelled, during its run (a shutdown, or the job's own
+        code) or before it (a shutdown): nothing more is written, the job stays in the
+        active list. Its slot is free."""
+        self._tasks.discard(task)
+        self.on_ran(None)
+        self.on_done("cancelled")
         if self._waiting and len(self._tasks) < self.concurrency:
             self._start_waiting()
 
     async def _run_reporting(self, queue: str, raw: bytes) -> None:
         on_ran, on_done = self.on_ran, self.on_done
         me = asyncio.current_task(self._loop)
+        assert me is not None
         ended: _Ended | None = None
         try:
             ended = await self._run(queue, raw)
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
+        except asyncio.CancelledError:
+            # Reported here, not by a done callback on every job's task (a loop
+            # callback a job); a task cancelled before it ran, see cancel_running.
+            self._cancelled(me)
+            raise
         # No await from here on: a cancellation cannot come in between.
         # The run is over: its slot goes to the next job now, not a loop pass later
         # when the task's end is reported (quick jobs would wait a pass each).
@@ -290,9 +299,7 @@ class JobRunner:
         running = _Running(queue, payload, started_at)
         self._unrecorded[payload.id] = running
         if self._sweep is None:
-            self._sweep = self._loop.call_later(
-                START_RECORD_DELAY, self._store_starts
-            )
+            self._sweep = self._loop.call_later(START_RECORD_DELAY, self._store_starts)
         if self.metrics:
             self.metrics.job_started(payload.task, payload.enqueued_at)
         try:
