@@ -260,7 +260,10 @@ class JobRunner:
 
         def stored(exc: BaseException | None) -> None:
             if exc is None:
-                if result.run_time is not None:
+                # (A job done is logged at INFO: skipped at once when that is off.)
+                if result.run_time is not None and (
+                    result.status != "done" or log.isEnabledFor(logging.INFO)
+                ):
                     self._log(result.payload, result.outcome, result.run_time, result.attempt)
                 on_done(result.status)
                 return
