@@ -55,7 +55,7 @@ def hset(key: str, fields: dict[str, Any]) -> Command:
     return ("HSET", key, tuple(itertools.chain.from_iterable(fields.items())))
 
 
-@dataclass
+@dataclass(slots=True)
 class Writes:
     records: list[Command] = field(default_factory=list)
     queue: list[Command] = field(default_factory=list)
