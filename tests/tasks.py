@@ -213,6 +213,16 @@ async def cancels_its_own_task() -> None:
 
 
 @app.task
+async def cancels_its_siblings() -> None:
+    """Cancels the other jobs' tasks, as code beyond taskq's reach might: those taken
+    with it have not run yet."""
+    me = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        if task is not me and "_run_reporting" in repr(task.get_coro()):
+            task.cancel()
+
+
+@app.task
 async def asks_to_retry_without_budget() -> None:
     raise taskq.Retry(delay=0)
 

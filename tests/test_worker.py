@@ -319,6 +319,16 @@ def test_a_job_cancelling_its_own_task_frees_its_slot_and_is_put_back(
     assert r.llen(KEYS.queue("default")) == 1  # back in its queue, as after a shutdown
 
 
+def test_a_job_task_cancelled_before_it_ran_by_another_job_frees_its_slot(
+    app: App, r: redis.Redis
+) -> None:
+    tasks.cancels_its_siblings.push()
+    tasks.add.push(1, 2)  # taken in the same fetch: its task is cancelled before it runs
+    stats = burst(app, concurrency=2)  # returns: the slot is found free (REAP_EVERY)
+    assert (stats.done, stats.put_back) == (1, 1)
+    assert r.llen(KEYS.queue("default")) == 1  # back in its queue
+
+
 def test_jobs_cancelled_before_they_ran_are_reported_cancelled(app: App) -> None:
     raws = [tasks.add.payload((i, i), {})[1] for i in range(3)]
     ran: list[float | None] = []

@@ -560,7 +560,8 @@ class Worker:
         except Exception as exc:
             log.debug("closing the loop's redis client: %r", exc)
         self._loop.stop()
-        self._tally()  # what ended in the loop's last pass
+        if self._loop.loop.is_closed():  # its thread is over (not stuck past the timeout)
+            self._tally()  # what ended in the loop's last pass
         executor.shutdown(wait=False)
         for queue in self.queues:
             try:

@@ -34,6 +34,12 @@ _MAX_BACKOFF = 5.0
 #: "queued" to its outcome in one write (half the writes per job).
 START_RECORD_DELAY = 0.05
 
+#: How often the runner looks for job tasks that ended without reporting it: cancelled
+#: before they ran by code other than the runner's (a job cancelling its siblings,
+#: say). Their slots are freed then. (A done callback on every task would catch them
+#: at once, at the cost of a loop callback a job.)
+REAP_EVERY = 1.0
+
 #: Reports a job's run is over (seconds it ran; None if it did not run).
 Ran = Callable[[float | None], None]
 #: Reports a job is over, with how it ended.
@@ -136,6 +142,7 @@ class JobRunner:
         # Running jobs whose start is not stored yet, oldest first (insertion order).
         self._unrecorded: dict[str, _Running] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.TimerHandle | None = None
 
     def abort(self, job_ids: set[str]) -> None:
         """Cancel the running jobs among ``job_ids``; jobs not started yet are dropped
@@ -164,8 +171,9 @@ class JobRunner:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (bounded), then close this loop's client."""
-        if self._sweep is not None:
-            self._sweep.cancel()
+        for timer in (self._sweep, self._reaper):
+            if timer is not None:
+                timer.cancel()
         if not await self.batcher.drain(timeout):
             log.error("some job writes could not be stored: those jobs run again")
         await self.broker.aclose()
@@ -190,6 +198,16 @@ class JobRunner:
         while waiting and len(self._tasks) < self.concurrency:
             queue, raw = waiting.popleft()
             self._tasks.add(loop.create_task(self._run_reporting(queue, raw)))
+        if self._reaper is None and self._tasks:
+            self._reaper = loop.call_later(REAP_EVERY, self._reap)
+
+    def _reap(self) -> None:
+        """Report the job tasks that ended without reporting it (see REAP_EVERY)."""
+        self._reaper = None
+        for task in [t for t in self._tasks if t.done()]:
+            self._cancelled(task)
+        if self._tasks:
+            self._reaper = self._loop.call_later(REAP_EVERY, self._reap)
 
     def _give_back_excess(self, ahead: int) -> None:
         """Give back the newest jobs waiting beyond ``ahead``, once they are more than
@@ -222,8 +240,9 @@ class JobRunner:
 
     def _cancelled(self, task: asyncio.Task[Any]) -> None:
         """A job's task was cancelled, during its run (a shutdown, or the job's own
-        code) or before it (a shutdown): nothing more is written, the job stays in the
-        active list. Its slot is free."""
+        code) or before it (a shutdown, see cancel_running; anything else, see
+        _reap): nothing more is written, the job stays in the active list. Its slot
+        is free."""
         self._tasks.discard(task)
         self.on_ran(None)
         self.on_done("cancelled")
