@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,8 +123,11 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     enqueued_at = data.get("enqueued_at", _MISSING)
     if enqueued_at is _MISSING:
         enqueued_at = time.time()
-    elif type(enqueued_at) is not float and type(enqueued_at) is not int:
-        raise BadPayload("'enqueued_at' must be a number (seconds since the epoch)")
+    elif type(enqueued_at) is not float:
+        if type(enqueued_at) is not int:
+            raise BadPayload("'enqueued_at' must be a number (seconds since the epoch)")
+        if not -_MAX_FLOAT <= enqueued_at <= _MAX_FLOAT:  # float() would overflow
+            raise BadPayload("'enqueued_at' must be a finite number")
     elif not math.isfinite(enqueued_at):
         raise BadPayload("'enqueued_at' must be a finite number")
     attempts = data.get("attempts", 0)
@@ -143,12 +147,14 @@ def _parse(text: str) -> Any:
         value, end = _SCAN(text, 0)
         if end == len(text):
             return value
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         pass
     try:
         return _DECODER.decode(text)
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadPayload("payload is nested too deeply") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -170,13 +176,14 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 # The decoder's scanner (set by JSONDecoder.__init__; typeshed does not declare it).
 _SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # noqa: B009
 _MISSING: Any = object()
+_MAX_FLOAT = sys.float_info.max
 
 
 def peek_id(raw: bytes) -> str | None:
     """The job id in a raw payload if there is a readable one, else None."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     job_id = data.get("id") if isinstance(data, dict) else None
     return job_id if isinstance(job_id, str) and job_id else None

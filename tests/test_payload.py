@@ -119,6 +119,16 @@ def test_an_id_of_the_maximum_length_is_accepted() -> None:
         pytest.param(
             b'{"task":"x","enqueued_at":[1]}', "'enqueued_at' must be a number", id="t-list"
         ),
+        pytest.param(
+            b'{"task":"x","enqueued_at":1' + b"0" * 400 + b"}",
+            "'enqueued_at' must be a finite number",
+            id="t-huge-int",
+        ),
+        pytest.param(
+            b'{"task":"x","args":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "nested too deeply",
+            id="nested-too-deeply",
+        ),
     ],
 )
 def test_bad_payloads_are_refused_with_a_message_naming_the_problem(
@@ -298,6 +308,7 @@ def test_peek_id_reads_the_id_even_when_the_rest_is_invalid() -> None:
         pytest.param(b'{"id":""}', id="empty-id"),
         pytest.param(b'{"id":5}', id="number-id"),
         pytest.param(b'{"id":null}', id="null-id"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested-too-deeply"),
     ],
 )
 def test_peek_id_is_none_without_a_readable_id(data: bytes) -> None:
