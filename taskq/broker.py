@@ -78,13 +78,12 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
             for name, key, args in commands:
                 argv += (name, keys.setdefault(key, len(keys) + 1), len(args), *args)
             size = len(argv)
-            for row in w.done:
-                job, active = row[0], row[1]
-                if job not in keys:
-                    keys[job] = len(keys) + 1
-                if active not in keys:
-                    keys[active] = len(keys) + 1
-                argv += (keys[job], keys[active], *row[2:6], len(row) - 6, *row[6:])
+            for row in w.done:  # (job, active, ttl, raw, result, finished_at, *start)
+                argv += (
+                    keys.setdefault(row[0], len(keys) + 1),
+                    keys.setdefault(row[1], len(keys) + 1),
+                )
+                argv += (*row[2:6], len(row) - 6, *row[6:])
             return [("EVAL", scripts.APPLY, len(keys), *keys, size, *argv)]
     commands = w.commands()
     return [

@@ -79,9 +79,8 @@ class Writes:
         self.queue += other.queue
         self.scripts += other.scripts
         self.done += other.done
-        counters = self.counters
-        for key, n in other.counters.items():
-            counters[key] = counters.get(key, 0) + n
+        for (key, name), n in other.counters.items():
+            self.count(key, name, n)
         return self
 
     def record_commands(self) -> list[Command]:
@@ -287,7 +286,7 @@ class WriteBuilder:
             if started_at is not None:
                 row += start_values(payload, queue, worker, started_at)
             w = Writes(done=[row], counters={(keys[1], "done"): 1})
-            return self._unstall(w, queue, payload) if payload.attempts else w
+            return self._unstall(w, queue, payload)
         fields = {} if started_at is None else started_fields(payload, queue, worker, started_at)
         fields["status"] = outcome.status
         for name in ("result", "error", "traceback"):
