@@ -165,9 +165,7 @@ class JobRunner:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        for task in tasks:
-            if task.cancelled() and task in self._tasks:  # cancelled before it ever ran
-                self._cancelled(task)
+        self._report_silent_ends()  # those cancelled before they ever ran
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (bounded), then close this loop's client."""
@@ -202,10 +200,9 @@ class JobRunner:
             self._reaper = loop.call_later(REAP_EVERY, self._reap)
 
     def _reap(self) -> None:
-        """Report the job tasks that ended without reporting it (see REAP_EVERY)."""
+        """Every REAP_EVERY seconds while jobs run: see _report_silent_ends."""
         self._reaper = None
-        for task in [t for t in self._tasks if t.done()]:
-            self._cancelled(task)
+        self._report_silent_ends()
         if self._tasks:
             self._reaper = self._loop.call_later(REAP_EVERY, self._reap)
 
@@ -238,11 +235,16 @@ class JobRunner:
             self.batcher.submit(self.writes.give_back(queue, self.worker_id, raws), stored)
         log.info("gave back %d jobs taken ahead: runs turned slow", excess)
 
+    def _report_silent_ends(self) -> None:
+        """Report the job tasks that ended without reporting it: cancelled before
+        their first step, so their coroutine never ran (see REAP_EVERY)."""
+        for task in [t for t in self._tasks if t.done()]:
+            self._cancelled(task)
+
     def _cancelled(self, task: asyncio.Task[Any]) -> None:
         """A job's task was cancelled, during its run (a shutdown, or the job's own
-        code) or before it (a shutdown, see cancel_running; anything else, see
-        _reap): nothing more is written, the job stays in the active list. Its slot
-        is free."""
+        code) or before it (see _report_silent_ends): nothing more is written, the
+        job stays in the active list. Its slot is free."""
         self._tasks.discard(task)
         self.on_ran(None)
         self.on_done("cancelled")
@@ -260,7 +262,7 @@ class JobRunner:
             log.exception("error running a job, it will run again: %r", exc)
         except asyncio.CancelledError:
             # Reported here, not by a done callback on every job's task (a loop
-            # callback a job); a task cancelled before it ran, see cancel_running.
+            # callback a job); a task cancelled before it ran: _report_silent_ends.
             self._cancelled(me)
             raise
         # No await from here on: a cancellation cannot come in between.
