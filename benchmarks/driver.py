@@ -142,12 +142,11 @@ async def latency(lib: str, n: int, jitter: float, timeout: float) -> None:
     emit({"push_to_start": start_ms, "push_to_done": done_ms, "push": push_ms, "error": error})
 
 
-async def ceiling(kind: str, n: int, concurrency: int) -> None:
-    """No queue: the same job bodies, ``concurrency`` at a time, then idle."""
+async def run_ceiling(kind: str, n: int, concurrency: int) -> None:
+    """No queue: run ``n`` of the same job bodies, ``concurrency`` at a time."""
     from libs import common
 
     body = common.JOBS[kind]
-    await common.aredis().ping()
     left = iter(range(n))
 
     async def runner() -> None:
@@ -155,7 +154,15 @@ async def ceiling(kind: str, n: int, concurrency: int) -> None:
             await body()
 
     await asyncio.gather(*(runner() for _ in range(concurrency)))
-    await asyncio.Event().wait()  # idle like a worker until terminated
+
+
+async def ceiling(kind: str, n: int, concurrency: int) -> None:
+    """The ceiling as a worker: connect, run the jobs, then idle until terminated."""
+    from libs import common
+
+    await common.aredis().ping()
+    await run_ceiling(kind, n, concurrency)
+    await asyncio.Event().wait()
 
 
 def main() -> None:

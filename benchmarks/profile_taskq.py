@@ -144,19 +144,14 @@ def _ceiling_cpu(kind: str, jobs: int, concurrency: int) -> None:
     import asyncio
     import resource
 
+    from driver import run_ceiling
     from libs import common
 
     async def run() -> None:
         await common.aredis().ping()
-        left = iter(range(jobs))
-
-        async def runner() -> None:
-            for _ in left:
-                await common.JOBS[kind]()
-
         before = resource.getrusage(resource.RUSAGE_SELF)
         began = time.perf_counter()
-        await asyncio.gather(*(runner() for _ in range(concurrency)))
+        await run_ceiling(kind, jobs, concurrency)
         elapsed = time.perf_counter() - began
         after = resource.getrusage(resource.RUSAGE_SELF)
         user = (after.ru_utime - before.ru_utime) * 1e6 / jobs
