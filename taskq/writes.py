@@ -31,6 +31,8 @@ from .keys import Keys
 from .payload import Payload, dumps, new_id
 
 #: One command on one key: (name, key, other arguments), e.g. ("LREM", key, (1, raw)).
+#: Arguments are str, bytes, int or float: both packers (hiredis's and redis-py's) send
+#: a float as its repr, which reads back exactly, so the hot paths leave them as they are.
 Command = tuple[str, str, tuple[Any, ...]]
 ScriptCall = tuple[str, list[str], list[Any]]  # (Lua source, KEYS, ARGV)
 #: A job that ended "done", as only the values its outcome needs: (job key, active
@@ -142,7 +144,7 @@ def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[
         "queue": queue,
         "args": dumps(payload.args) if payload.args else "[]",
         "kwargs": dumps(payload.kwargs) if payload.kwargs else "{}",
-        "enqueued_at": repr(payload.enqueued_at),
+        "enqueued_at": payload.enqueued_at,
         "attempts": payload.attempts,
         **({"key": payload.key} if payload.key else {}),
     }
@@ -155,10 +157,10 @@ def start_values(payload: Payload, queue: str, worker: str, started_at: float) -
         queue,
         dumps(payload.args) if payload.args else "[]",
         dumps(payload.kwargs) if payload.kwargs else "{}",
-        repr(payload.enqueued_at),
+        payload.enqueued_at,
         payload.attempts + 1,
         worker,
-        repr(started_at),
+        started_at,
     )
 
 
@@ -277,7 +279,7 @@ class WriteBuilder:
         ``ended_at``: when the job ended, if not now."""
         k = self.keys
         key = k.job(payload.id)
-        finished_at = repr(time.time() if ended_at is None else ended_at)
+        finished_at = time.time() if ended_at is None else ended_at
         if outcome.status == "done" and not payload.key:  # the bulk: a compact row
             keys = self._done_keys.get((queue, worker))
             if keys is None:
