@@ -52,7 +52,7 @@ class BenchError(RuntimeError):
 @dataclass
 class Config:
     rounds: int = 3
-    noop_jobs: int = 10_000
+    noop_jobs: int = 20_000
     noop_concurrency: int = 10
     sleep_jobs: int = 5_000
     sleep_concurrency: int = 100
