@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..abroker import AsyncBroker
@@ -89,6 +89,15 @@ def _bad_arguments(task: Task[Any, Any], payload: Payload) -> BadArguments | Non
     except TypeError as exc:
         return BadArguments(str(exc))
     return None
+
+
+def _coroutine(task: Task[Any, Any], payload: Payload) -> Awaitable[Any]:
+    """The async task's coroutine for this job; wrong arguments fail here, before the
+    coroutine exists (BadArguments, or the task's own TypeError)."""
+    try:
+        return task.fn(*payload.args, **payload.kwargs)
+    except TypeError as exc:
+        raise _bad_arguments(task, payload) or exc from None
 
 
 class JobTimeout(TimeoutError):
@@ -382,11 +391,7 @@ class JobRunner:
         try:
             try:
                 if task.is_async and task.timeout is None:  # the common case, inline
-                    try:  # wrong arguments fail here, before the coroutine exists
-                        coro = task.fn(*payload.args, **payload.kwargs)
-                    except TypeError as exc:
-                        raise _bad_arguments(task, payload) or exc from None
-                    value = await coro
+                    value = await _coroutine(task, payload)
                 else:
                     value = await self._call(task, payload)
             except BadArguments as exc:
@@ -429,10 +434,7 @@ class JobRunner:
     async def _call(self, task: Task[Any, Any], payload: Payload) -> Any:
         """Call a sync task in a thread, or an async one with a timeout."""
         if task.is_async:
-            try:  # wrong arguments fail here, before the coroutine exists
-                coro = task.fn(*payload.args, **payload.kwargs)
-            except TypeError as exc:
-                raise _bad_arguments(task, payload) or exc from None
+            coro = _coroutine(task, payload)
         else:
             bad = _bad_arguments(task, payload)  # checked here: the call is in a thread
             if bad is not None:
