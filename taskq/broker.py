@@ -39,6 +39,18 @@ _LUA_MAX_ARGS = 7000
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
 
+#: This process's id, kept up to date by a fork hook: ``os.getpid()`` is a system
+#: call, and every push would make one to see whether its connection came from a parent.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603  (one value for the whole process)
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 def is_cluster(client: Any) -> bool:
     return isinstance(client, redis.RedisCluster | aioredis.RedisCluster)
@@ -214,7 +226,7 @@ class Broker:
             return self._pool_connection(), False
         try:
             conn = self._own
-            if conn is None or conn.pid != os.getpid():  # new, or made before a fork
+            if conn is None or conn.pid != _pid:  # new, or made before a fork
                 conn = self._own = own_connection(self.client.connection_pool)
             elif closed_while_idle(conn):
                 conn.disconnect()  # sending connects it again

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from taskq.payload import MAX_PAYLOAD_BYTES, BadPayload, Payload, decode, peek_id
+from taskq.payload import MAX_PAYLOAD_BYTES, BadPayload, Payload, decode, new_id, peek_id
 
 
 def raw(obj: Any) -> bytes:
@@ -41,6 +43,21 @@ def test_each_missing_id_gets_a_different_id() -> None:
     first, _ = decode(b'{"task":"x"}')
     second, _ = decode(b'{"task":"x"}')
     assert first.id != second.id
+
+
+def test_ids_made_at_once_by_many_threads_are_all_different() -> None:
+    # Ids are made 256 at a time: threads taking them and refilling together must
+    # neither share one nor lose any.
+    barrier = threading.Barrier(8)
+
+    def take() -> list[str]:
+        barrier.wait()
+        return [new_id() for _ in range(2000)]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(lambda _: take(), range(8)) for i in batch]
+    assert len(set(ids)) == len(ids) == 16_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
 def test_a_null_id_counts_as_missing() -> None:

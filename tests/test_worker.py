@@ -616,3 +616,5 @@ def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert r.llen(KEYS.queue("default")) == 401
+    # Ids are made ahead in batches: the child must not hand out its parent's.
+    assert len({json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)}) == 401
