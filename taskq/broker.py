@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,6 +40,8 @@ PUSH_BATCH = 2000
 _LUA_MAX_ARGS = 7000
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
+
+log = logging.getLogger(__name__)
 
 #: This process's id, kept up to date by a fork hook: ``os.getpid()`` is a system
 #: call, and every push would make one to see whether its connection came from a parent.
@@ -159,6 +163,8 @@ class Broker:
         self._raw = type(client) is redis.Redis
         self._own: Any = None
         self._own_lock = threading.Lock()
+        self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
+        self._unblock_refused = False
         self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
         self._fetch_many = self._script(scripts.FETCH_MANY)
@@ -249,10 +255,12 @@ class Broker:
             return pool.get_connection("EVAL")
 
     def close(self) -> None:
-        """Close the client's connections and the broker's own."""
+        """Close the client's connections and the broker's own ones."""
         own = self._own
         if own is not None:
             own.disconnect()
+        for conn in self._waiters.values():
+            conn.disconnect()
         self.client.close()
 
     @staticmethod
@@ -375,6 +383,84 @@ class Broker:
             self.keys.queue(queue), self.keys.active(queue, worker), timeout, "RIGHT", "LEFT"
         )
         return got
+
+    def fetch_blocking_any(
+        self, queues: Sequence[str], worker: str, timeout: float
+    ) -> list[tuple[str, bytes]]:
+        """Wait inside Redis up to ``timeout`` seconds for a job on any of ``queues``
+        and move it; returns the (queue, job) pairs moved, in the order of ``queues``.
+
+        Redis has no blocking move from several lists, so each queue gets a BLMOVE of
+        its own, all at once, on connections kept for it (one thread at a time: the
+        master's). The first job to arrive ends the wait: the other BLMOVEs are
+        unblocked (CLIENT UNBLOCK, answered as if their time had run out, or with a
+        job moved just before) and every reply is read, so a job moved is never left
+        unseen in the active list. On a cluster, or fakeredis, or where CLIENT is
+        refused (an ACL), the queues are waited on in turn, each for its share of
+        ``timeout``."""
+        if len(queues) == 1:
+            one = self.fetch_blocking(queues[0], worker, timeout)
+            return [] if one is None else [(queues[0], one)]
+        if not self._raw or self._unblock_refused:
+            for queue in queues:
+                one = self.fetch_blocking(queue, worker, max(timeout / len(queues), 0.01))
+                if one is not None:
+                    return [(queue, one)]
+            return []
+        conns = [self._waiter(queue) for queue in queues]
+        try:
+            for queue, conn in zip(queues, conns, strict=True):
+                src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
+                blmove = ("BLMOVE", src, dst, "RIGHT", "LEFT", timeout)
+                conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), blmove]))
+            ids = [self._client_id(conn) for conn in conns]
+            # A reply may already sit in a reader's buffer, read with CLIENT ID's.
+            if not any(conn.can_read(timeout=0) for conn in conns):
+                select.select([conn._sock for conn in conns], [], [], timeout + 1.0)
+            self._unblock(ids)
+            replies = [conn.read_response() for conn in conns]
+        except BaseException:
+            for conn in conns:
+                conn.disconnect()  # replies may be left unread: never reuse them as they are
+            raise
+        return [(q, raw) for q, raw in zip(queues, replies, strict=True) if raw is not None]
+
+    def _waiter(self, queue: str) -> Any:
+        """The connection that waits for jobs on ``queue`` (fetch_blocking_any)."""
+        conn = self._waiters.get(queue)
+        if conn is None or conn.pid != _pid:
+            conn = self._waiters[queue] = own_connection(self.client.connection_pool)
+        elif closed_while_idle(conn):
+            conn.disconnect()  # sending connects it again
+        return conn
+
+    def _client_id(self, conn: Any) -> int | None:
+        """The reply to CLIENT ID; None if refused (see _refused)."""
+        try:
+            return int(conn.read_response())
+        except redis.ResponseError as exc:
+            self._refused(exc)
+            return None
+
+    def _unblock(self, client_ids: list[int | None]) -> None:
+        """End the BLMOVEs of ``client_ids`` now (those that ended already are left
+        alone). Without an id, or refused, they end at their timeout."""
+        known = [client_id for client_id in client_ids if client_id is not None]
+        if not known:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for client_id in known:
+            pipe.execute_command("CLIENT", "UNBLOCK", client_id, "TIMEOUT")
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: redis.ResponseError) -> None:
+        """CLIENT is refused: from now on, wait on several queues in turn."""
+        if not self._unblock_refused:
+            log.warning("waiting on several queues in turn: CLIENT is refused (%s)", exc)
+            self._unblock_refused = True
 
     def promote(self, queue: str, now: float | None = None) -> tuple[int, float | None]:
         """Move due delayed jobs to the queue; returns (moved, when the next one is due)."""

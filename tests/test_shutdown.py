@@ -84,3 +84,21 @@ def test_idle_worker_blocks_inside_redis_and_starts_a_pushed_job(
         wait_event(r, "start:prompt", timeout=5)
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0
+
+
+def test_a_worker_waiting_on_several_queues_stops_on_sigterm_and_leaves_none_taken(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    def waiting() -> int:
+        return sum(1 for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"])
+
+    with start_worker(worker_env, "--queue", "default", "--queue", "low") as worker:
+        for _ in range(200):
+            if waiting() == 2:
+                break
+            r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
+        assert waiting() == 2, r.client_list()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0, worker.log
+    assert "stopped (SIGTERM): 0 done" in worker.log
+    assert r.keys("taskq:{*}:active:*") == []

@@ -22,6 +22,7 @@ from taskq import App, JobFailed, Worker
 from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
+from taskq.payload import Payload
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
@@ -29,7 +30,8 @@ from taskq.worker.runner import JobRunner
 from taskq.writes import Outcome, Writes
 
 from . import tasks
-from .helpers import as_text
+from .helpers import as_text, wait_event, worker_thread
+from .redis_server import RedisServer
 
 KEYS = Keys()
 
@@ -618,3 +620,111 @@ def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -
     assert r.llen(KEYS.queue("default")) == 401
     # Ids are made ahead in batches: the child must not hand out its parent's.
     assert len({json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)}) == 401
+
+
+# -- an idle worker on several queues ------------------------------------------------
+def _blocked_moves(r: redis.Redis) -> int:
+    """Clients blocked in a BLMOVE now."""
+    return sum(1 for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"])
+
+
+def _until_blocked(r: redis.Redis, count: int) -> None:
+    for _ in range(500):
+        if _blocked_moves(r) == count:
+            return
+        r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
+    assert _blocked_moves(r) == count, r.client_list()
+
+
+def _push_to(app: App, queue: str, task: str, *args: Any, **kwargs: Any) -> str:
+    payload = Payload(task, list(args), kwargs)
+    app.broker.push(queue, [(payload, payload.encode())])
+    return payload.id
+
+
+def test_an_idle_worker_waits_on_all_its_queues_at_once(app: App, r: redis.Redis) -> None:
+    # In turn, a job on "low" would wait while the master blocks on "high".
+    with worker_thread(app, queues=("high", "low")):
+        _until_blocked(r, 2)
+        low = _push_to(app, "low", "slow", 0, name="low")
+        wait_event(r, "start:low", timeout=5)
+        wait_event(r, "end:low", timeout=5)
+        assert app.job(low).result(timeout=5) == "low"
+        _until_blocked(r, 2)  # the waits start again, on connections left clean
+        high = _push_to(app, "high", "slow", 0, name="high")
+        wait_event(r, "start:high", timeout=5)
+        assert app.job(high).result(timeout=5) == "high"
+    assert r.keys("taskq:{*}:active:*") == []
+
+
+def test_jobs_reaching_several_waiting_queues_at_once_are_all_taken(
+    app: App, r: redis.Redis
+) -> None:
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    got: list[list[tuple[str, bytes]]] = []
+    waiting = threading.Thread(
+        target=lambda: got.append(broker.fetch_blocking_any(["a", "b", "c"], "w", 10))
+    )
+    waiting.start()
+    try:
+        _until_blocked(r, 3)
+        with r.pipeline(transaction=True) as pipe:  # both served in the same instant
+            pipe.lpush(KEYS.queue("c"), b"job-c")
+            pipe.lpush(KEYS.queue("a"), b"job-a")
+            pipe.execute()
+        waiting.join(10)
+        assert got == [[("a", b"job-a"), ("c", b"job-c")]]  # in the order of the queues
+        assert r.lrange(KEYS.active("a", "w"), 0, -1) == [b"job-a"]
+        assert r.lrange(KEYS.active("c", "w"), 0, -1) == [b"job-c"]
+        assert _blocked_moves(r) == 0  # the wait on "b" was ended too
+        r.lpush(KEYS.queue("b"), b"job-b")
+        assert broker.fetch_blocking_any(["a", "b", "c"], "w", 10) == [("b", b"job-b")]
+    finally:
+        waiting.join(10)
+        broker.close()
+
+
+def test_waiting_on_several_queues_survives_a_redis_restart() -> None:
+    server = RedisServer()
+    server.start()
+    broker = Broker(redis.Redis.from_url(server.url))
+    try:
+        assert broker.fetch_blocking_any(["a", "b"], "w", 0.05) == []
+        server.restart()  # the connections waiting on each queue are closed
+        redis.Redis.from_url(server.url).lpush(KEYS.queue("b"), b"job-b")
+        assert broker.fetch_blocking_any(["a", "b"], "w", 5) == [("b", b"job-b")]
+    finally:
+        broker.close()
+        server.kill()
+
+
+def test_without_the_client_command_several_queues_are_waited_on_in_turn(
+    r: redis.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    r.acl_setuser(
+        "no-client", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client"]
+    )
+    broker = Broker(redis.Redis(port=redis_server.port, username="no-client", password="pw"))
+    try:
+        r.lpush(KEYS.queue("b"), b"job-b")
+        assert broker.fetch_blocking_any(["a", "b"], "w", 0.05) == [("b", b"job-b")]
+        assert "waiting on several queues in turn: CLIENT is refused" in caplog.text
+        r.lpush(KEYS.queue("b"), b"job-b2")
+        assert broker.fetch_blocking_any(["a", "b"], "w", 0.05) == [("b", b"job-b2")]
+    finally:
+        broker.close()
+        r.acl_deluser("no-client")
+
+
+def test_through_redis_py_several_queues_are_waited_on_in_turn(app: App, r: redis.Redis) -> None:
+    class Piped(redis.Redis):  # as for a cluster or memory://: no raw connections
+        pass
+
+    broker = Broker(Piped.from_url(app.settings.redis_url))
+    try:
+        assert broker.fetch_blocking_any(["a", "b"], "w", 0.05) == []
+        r.lpush(KEYS.queue("b"), b"job-b")  # found once "a" has had its share, 0.1 s
+        assert broker.fetch_blocking_any(["a", "b"], "w", 0.2) == [("b", b"job-b")]
+        assert r.lrange(KEYS.active("b", "w"), 0, -1) == [b"job-b"]
+    finally:
+        broker.close()

@@ -374,7 +374,7 @@ class Worker:
     def _block_seconds(self) -> float:
         """How long to block in Redis: about a second; less if a delayed job is due,
         or while jobs run (so that an abort reaches them within a second)."""
-        timeout = max(BLOCK_SECONDS / len(self.queues), 0.1)
+        timeout = BLOCK_SECONDS
         if self._running:
             timeout = min(timeout, ABORT_POLL)
         if self._cron is not None:
@@ -395,15 +395,11 @@ class Worker:
                 return len(raws)
         if self.burst:
             return 0
-        # All empty: block on the queues in turn; one queue blocks for the whole second.
-        for queue in self.queues:
-            one = broker.fetch_blocking(queue, self.id, self._block_seconds())
-            if one is not None:
-                self._dispatch(queue, [one])
-                return 1
-            if self.stopping:
-                break
-        return 0
+        # All empty: block inside Redis until a job comes to any of them.
+        got = broker.fetch_blocking_any(self.queues, self.id, self._block_seconds())
+        for queue, raw in got:
+            self._dispatch(queue, [raw])
+        return len(got)
 
     def _dispatch(self, queue: str, raws: list[bytes]) -> None:
         """Hand jobs to the loop thread: one ``run_coroutine_threadsafe`` per batch
