@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import select
+import selectors
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -416,14 +416,44 @@ class Broker:
             ids = [self._client_id(conn) for conn in conns]
             # A reply may already sit in a reader's buffer, read with CLIENT ID's.
             if not any(conn.can_read(timeout=0) for conn in conns):
-                select.select([conn._sock for conn in conns], [], [], timeout + 1.0)
-            self._unblock(ids)
-            replies = [conn.read_response() for conn in conns]
+                with selectors.DefaultSelector() as selector:
+                    for conn in conns:
+                        selector.register(conn._sock, selectors.EVENT_READ)
+                    selector.select(timeout + 1.0)
         except BaseException:
             for conn in conns:
                 conn.disconnect()  # replies may be left unread: never reuse them as they are
             raise
-        return [(q, raw) for q, raw in zip(queues, replies, strict=True) if raw is not None]
+        try:
+            self._unblock(ids)
+        except redis.RedisError as exc:
+            log.warning("could not end the waits on other queues (%r): they time out", exc)
+        return self._read_moves(queues, conns)
+
+    @staticmethod
+    def _read_moves(queues: Sequence[str], conns: list[Any]) -> list[tuple[str, bytes]]:
+        """Read every BLMOVE's reply, also after one fails (a job another moved must
+        not stay unseen in its active list); raise the error only if none moved one."""
+        got: list[tuple[str, bytes]] = []
+        error: Exception | None = None
+        for n, (queue, conn) in enumerate(zip(queues, conns, strict=True)):
+            try:
+                raw = conn.read_response()
+            except (redis.RedisError, OSError) as exc:
+                conn.disconnect()
+                error = error or exc
+                continue
+            except BaseException:
+                for rest in conns[n:]:
+                    rest.disconnect()
+                raise
+            if raw is not None:
+                got.append((queue, raw))
+        if error is not None:
+            if not got:
+                raise error
+            log.warning("lost the wait on a queue (%r); took the jobs of the others", error)
+        return got
 
     def _waiter(self, queue: str) -> Any:
         """The connection that waits for jobs on ``queue`` (fetch_blocking_any)."""

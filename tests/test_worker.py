@@ -684,6 +684,32 @@ def test_jobs_reaching_several_waiting_queues_at_once_are_all_taken(
         broker.close()
 
 
+def test_a_wait_cut_short_on_one_queue_still_gives_the_jobs_of_the_others(
+    app: App, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    got: list[list[tuple[str, bytes]]] = []
+    waiting = threading.Thread(
+        target=lambda: got.append(broker.fetch_blocking_any(["a", "b"], "w", 10))
+    )
+    waiting.start()
+    try:
+        _until_blocked(r, 2)
+        host, port = broker._waiters["a"]._sock.getsockname()[:2]
+        with r.pipeline(transaction=True) as pipe:  # in one instant: a job, a lost wait
+            pipe.lpush(KEYS.queue("b"), b"job-b")
+            pipe.client_kill_filter(addr=f"{host}:{port}")
+            pipe.execute()
+        waiting.join(10)
+        assert got == [[("b", b"job-b")]]
+        assert "lost the wait on a queue" in caplog.text
+        r.lpush(KEYS.queue("a"), b"job-a")  # the lost connection is made again
+        assert broker.fetch_blocking_any(["a", "b"], "w", 10) == [("a", b"job-a")]
+    finally:
+        waiting.join(10)
+        broker.close()
+
+
 def test_waiting_on_several_queues_survives_a_redis_restart() -> None:
     server = RedisServer()
     server.start()
