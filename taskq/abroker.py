@@ -25,6 +25,7 @@ from .broker import (
     reply_errors,
     text,
 )
+from .connection import AsyncSentinelRedis
 from .keys import Keys
 from .payload import Payload
 from .writes import WriteBuilder, Writes, round_trips
@@ -45,7 +46,7 @@ class AsyncBroker:
         self._scripts: dict[str, Any] = {}
         # As in Broker: writes go straight to a connection on one Redis, on this
         # broker's own while no other write of this loop holds it.
-        self._raw = type(client) is aioredis.Redis
+        self._raw = type(client) in (aioredis.Redis, AsyncSentinelRedis)
         self._own: Any = None
         self._own_busy = False
 
@@ -92,6 +93,8 @@ class AsyncBroker:
     @staticmethod
     async def _send_and_read(conn: Any, commands: list[tuple[Any, ...]]) -> None:
         """See :meth:`taskq.broker.Broker._send_and_read`."""
+        if not conn.is_connected:  # with its own connect(): see taskq.broker.ensure_connected
+            await conn.connect()
         await conn.send_packed_command(pack(conn, commands), check_health=False)
         errors = []
         for _ in commands:

@@ -30,6 +30,7 @@ except ImportError:  # redis-py without its hiredis extra
     pack_command = None  # type: ignore[assignment]
 
 from . import scripts
+from .connection import SentinelRedis
 from .keys import Keys
 from .payload import Payload, dumps, peek_id
 from .writes import WriteBuilder, Writes, record_fields, round_trips
@@ -130,6 +131,14 @@ def own_connection(pool: Any) -> Any:
     return pool.connection_class(**pool.connection_kwargs)
 
 
+def ensure_connected(conn: Any) -> None:
+    """Connect ``conn`` with its own ``connect()`` if it is not connected. Sending
+    would connect it too, but (redis-py 8) past that method, to the address it last
+    had: a Sentinel's connection must ask where the master is now."""
+    if conn._sock is None:
+        conn.connect()
+
+
 def closed_while_idle(conn: Any) -> bool:
     """Whether an idle sync connection must be remade before use, as redis-py's pool
     checks it: readable while idle means Redis closed it (a restart, CLIENT KILL, a
@@ -160,7 +169,7 @@ class Broker:
         self.cluster = is_cluster(client)
         # A plain client on one Redis: writes go straight to a connection (see
         # _send_and_read); a cluster's, or fakeredis's, go through redis-py.
-        self._raw = type(client) is redis.Redis
+        self._raw = type(client) in (redis.Redis, SentinelRedis)
         self._own: Any = None
         self._own_lock = threading.Lock()
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
@@ -269,6 +278,7 @@ class Broker:
         every reply. A command that fails does not stop those after it; the first
         error is raised. Straight on one connection: redis-py's per-command
         machinery costs more than Redis takes to run a push."""
+        ensure_connected(conn)
         sent = 0
         for w in batches:
             commands = raw_commands(w)
@@ -410,6 +420,7 @@ class Broker:
         conns = [self._waiter(queue) for queue in queues]
         try:
             for queue, conn in zip(queues, conns, strict=True):
+                ensure_connected(conn)
                 src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
                 blmove = ("BLMOVE", src, dst, "RIGHT", "LEFT", timeout)
                 conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), blmove]))
@@ -461,7 +472,7 @@ class Broker:
         if conn is None or conn.pid != _pid:
             conn = self._waiters[queue] = own_connection(self.client.connection_pool)
         elif closed_while_idle(conn):
-            conn.disconnect()  # sending connects it again
+            conn.disconnect()  # connected again before sending
         return conn
 
     def _client_id(self, conn: Any) -> int | None:

@@ -126,7 +126,7 @@ def _parse(name: str, var: str, raw: str) -> Any:
     return raw
 
 
-_PASSWORD_ARG = re.compile(r"(?i)([?&]password=)[^&#]*")
+_PASSWORD_ARG = re.compile(r"(?i)([?&](?:sentinel_)?password=)[^&#]*")
 
 
 def mask_url(url: str) -> str:

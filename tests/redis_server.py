@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -28,7 +29,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1:``port``, with its data in ``dir``."""
 
-    def __init__(self, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self, appendonly: bool = False, password: str | None = None, replica_of: int | None = None
+    ) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError(INSTALL_HINT)
@@ -36,6 +39,7 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="taskq-redis-"))
         self.appendonly = appendonly
         self.password = password
+        self.replica_of = replica_of  # the port of a master on 127.0.0.1
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +67,8 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_ready()
 
@@ -161,7 +167,7 @@ class RedisCluster:
                 )
             )
         for port in self.ports:
-            self._wait(port, lambda c: bool(c.ping()))
+            wait_until(port, lambda c: bool(c.ping()), "cluster node ready")
         subprocess.run(
             [
                 "redis-cli",
@@ -177,24 +183,7 @@ class RedisCluster:
             timeout=60,
         )
         for port in self.ports:
-            self._wait(port, lambda c: c.cluster("info")["cluster_state"] == "ok")
-
-    @staticmethod
-    def _wait(port: int, ready: Callable[[redis.Redis], bool], timeout: float = 30) -> None:
-        client = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    if ready(client):
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster node {port} not ready")
-                time.sleep(0.05)  # polling a starting server, not synchronising tests
-        finally:
-            client.close()
+            wait_until(port, lambda c: c.cluster("info")["cluster_state"] == "ok", "cluster ok")
 
     def flush(self) -> None:
         for port in self.ports:
@@ -206,3 +195,89 @@ class RedisCluster:
             proc.kill()
             proc.wait()
         self.procs.clear()
+
+
+def wait_until(
+    port: int, ready: Callable[[redis.Redis], bool], what: str, timeout: float = 30
+) -> None:
+    """Ask the server on ``port`` until ``ready(client)`` holds: a server starting,
+    or what only it can tell (a sentinel's failover done). Raises after ``timeout``."""
+    client = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if ready(client):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port}: not {what} within {timeout}s")
+            time.sleep(0.05)  # asking again a server that cannot notify, within a deadline
+    finally:
+        client.close()
+
+
+class RedisSentinel:
+    """A master, its replica and one sentinel watching them as service ``mymaster``
+    (quorum 1): kill the master and the sentinel promotes the replica."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer(replica_of=self.master.port)
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="taskq-sentinel-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        config = self.dir / "sentinel.conf"  # a sentinel rewrites its own config file
+        config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.dir}\n"
+            f"logfile {self.dir / 'sentinel.log'}\n"
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 300\n"
+            f"sentinel failover-timeout {self.SERVICE} 5000\n"
+        )
+        self.proc = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.replica.port, _replicating, "replicating")
+        wait_until(self.port, self._sees_replica, "watching the replica")
+
+    def _sees_replica(self, client: redis.Redis) -> bool:
+        state: Any = client.sentinel_master(self.SERVICE)
+        return int(state["num-slaves"]) == 1
+
+    def promoted(self, client: redis.Redis) -> bool:
+        """Whether the sentinel gives the replica as the master, in a state clients
+        accept (up, and known as a master)."""
+        state: Any = client.sentinel_master(self.SERVICE)
+        return (
+            int(state["port"]) == self.replica.port
+            and state["is_master"]
+            and not (state["is_sdown"] or state["is_odown"])
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        self.master.kill()
+        self.replica.kill()
+
+
+def _replicating(client: redis.Redis) -> bool:
+    return client.info("replication").get("master_link_status") == "up"

@@ -1,0 +1,121 @@
+"""Redis Sentinel: ``redis+sentinel://`` URLs, and a failover under a running worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from taskq import App
+from taskq.config import ConfigError, mask_url
+from taskq.connection import SentinelTarget, connect, sentinel_target
+from taskq.keys import Keys
+
+from . import tasks
+from .helpers import start_worker, wait_event
+from .redis_server import RedisSentinel, wait_until
+
+
+# -- the URL ---------------------------------------------------------------------------
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_logins() -> None:
+    url = "redis+sentinel://us%40r:p%3Ass@a:1,[::1]:2,b/main/3?sentinel_password=sp"
+    assert sentinel_target(url) == SentinelTarget(
+        nodes=(("a", 1), ("::1", 2), ("b", 26379)),
+        service="main",
+        db=3,
+        username="us@r",
+        password="p:ss",
+        sentinel_password="sp",
+        ssl=False,
+    )
+    assert sentinel_target("rediss+sentinel://s/main") == SentinelTarget(
+        nodes=(("s", 26379),), service="main", ssl=True
+    )
+    assert sentinel_target("redis+sentinel://:pw@s/main") == SentinelTarget(
+        nodes=(("s", 26379),), service="main", password="pw"
+    )
+    assert sentinel_target("redis://localhost:6379/0") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://s:26379", "name the service"),
+        ("redis+sentinel://s/main/0/x", "name the service"),
+        ("redis+sentinel://s/main/zero", "the database must be a number"),
+        ("redis+sentinel://s:port/main", "bad sentinel port"),
+        ("redis+sentinel://s:70000/main", "bad sentinel port"),
+        ("redis+sentinel://:1/main", "has no host"),
+        ("redis+sentinel://[::1/main", "bad sentinel address"),
+        ("redis+sentinel://s/main?password=x", "unknown option 'password'"),
+    ],
+)
+def test_a_malformed_sentinel_url_is_refused_saying_why(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        connect(url)
+
+
+def test_both_passwords_of_a_sentinel_url_are_masked() -> None:
+    masked = mask_url("redis+sentinel://u:secret@a,b/main?sentinel_password=other")
+    assert masked == "redis+sentinel://u:***@a,b/main?sentinel_password=***"
+
+
+# -- a real sentinel -------------------------------------------------------------------
+@pytest.fixture
+def sentinel() -> Iterator[RedisSentinel]:
+    watched = RedisSentinel()
+    try:
+        watched.start()
+        yield watched
+    finally:
+        watched.stop()
+
+
+@pytest.fixture
+def sapp(sentinel: RedisSentinel) -> Iterator[App]:
+    tasks.app.close()
+    tasks.app.configure(redis_url=sentinel.url)
+    yield tasks.app
+    tasks.app.close()
+
+
+def test_through_a_sentinel_jobs_are_pushed_to_the_master_and_run(
+    sapp: App, sentinel: RedisSentinel
+) -> None:
+    assert sapp.broker._raw  # the fast path: writes straight on a connection
+    jobs = [tasks.add.push(i, i) for i in range(20)]
+    master = redis.Redis(port=sentinel.master.port)
+    assert master.llen(Keys().queue("default")) == 20
+    from taskq import Worker
+
+    stats = Worker(sapp, burst=True, handle_signals=False).run()
+    assert stats.done == 20
+    assert [job.result(timeout=5) for job in jobs] == [2 * i for i in range(20)]
+    sapp.close()  # the worker closed its clients; closed, they let go of the sentinel too
+    with redis.Redis(port=sentinel.port) as asking:
+        assert len(asking.client_list()) == 1, asking.client_list()
+
+
+def test_a_worker_and_a_producer_go_on_with_the_new_master_after_a_failover(
+    sapp: App, sentinel: RedisSentinel
+) -> None:
+    env = dict(os.environ, TASKQ_REDIS_URL=sentinel.url, PYTHONUNBUFFERED="1")
+    events = connect(sentinel.url)
+    with start_worker(env) as worker:
+        before = tasks.slow.push(0, name="before")
+        wait_event(events, "start:before")
+        wait_event(events, "end:before")
+        assert before.result(timeout=5) == "before"
+        with redis.Redis(port=sentinel.master.port) as master:
+            assert master.wait(1, 10_000) == 1  # the replica has every write so far
+        sentinel.master.kill()  # kill -9: the sentinel promotes the replica
+        wait_until(sentinel.port, sentinel.promoted, "failed over")
+        after = tasks.slow.push(0, name="after")  # the producer's connection is remade
+        wait_event(events, "start:after", timeout=30)
+        assert after.result(timeout=5) == "after"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.log
+    assert "stopped (SIGTERM)" in worker.log
