@@ -93,8 +93,7 @@ class AsyncBroker:
     @staticmethod
     async def _send_and_read(conn: Any, commands: list[tuple[Any, ...]]) -> None:
         """See :meth:`taskq.broker.Broker._send_and_read`."""
-        if not conn.is_connected:  # with its own connect(): see taskq.broker.ensure_connected
-            await conn.connect()
+        await _ensure_connected(conn)
         await conn.send_packed_command(pack(conn, commands), check_health=False)
         errors = []
         for _ in commands:
@@ -114,7 +113,7 @@ class AsyncBroker:
             if self._own is None:
                 self._own = own_connection(pool)
             elif await _closed_while_idle(self._own):
-                await self._own.disconnect()  # sending connects it again
+                await self._own.disconnect()  # connected again before use
         except BaseException:
             self._own_busy = False
             raise
@@ -166,6 +165,12 @@ async def _pool_connection(pool: Any) -> Any:
         return await pool.get_connection()
     except TypeError:  # redis-py 5 wants a command name
         return await pool.get_connection("EVAL")
+
+
+async def _ensure_connected(conn: Any) -> None:
+    """See :func:`taskq.broker.ensure_connected`."""
+    if not conn.is_connected:
+        await conn.connect()
 
 
 async def _closed_while_idle(conn: Any) -> bool:

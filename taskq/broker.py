@@ -11,6 +11,7 @@ from :mod:`taskq.scripts`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,8 +19,8 @@ import os
 import selectors
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -43,6 +44,8 @@ _LUA_MAX_ARGS = 7000
 PROMOTE_BATCH = 1000
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: This process's id, kept up to date by a fork hook: ``os.getpid()`` is a system
 #: call, and every push would make one to see whether its connection came from a parent.
@@ -240,15 +243,21 @@ class Broker:
         if not self._own_lock.acquire(blocking=False):
             return self._pool_connection(), False
         try:
-            conn = self._own
-            if conn is None or conn.pid != _pid:  # new, or made before a fork
-                conn = self._own = own_connection(self.client.connection_pool)
-            elif closed_while_idle(conn):
-                conn.disconnect()  # sending connects it again
+            conn = self._own = self._usable(self._own)
         except BaseException:
             self._own_lock.release()
             raise
         return conn, True
+
+    def _usable(self, conn: Any) -> Any:
+        """``conn`` (one of the broker's own), ready for use: made anew if there is
+        none yet or it was made before a fork, disconnected if Redis closed it while
+        idle (it is connected again before use)."""
+        if conn is None or conn.pid != _pid:
+            return own_connection(self.client.connection_pool)
+        if closed_while_idle(conn):
+            conn.disconnect()
+        return conn
 
     def _give_back(self, conn: Any, own: bool) -> None:
         if own:
@@ -404,10 +413,13 @@ class Broker:
         its own, all at once, on connections kept for it (one thread at a time: the
         master's). The first job to arrive ends the wait: the other BLMOVEs are
         unblocked (CLIENT UNBLOCK, answered as if their time had run out, or with a
-        job moved just before) and every reply is read, so a job moved is never left
-        unseen in the active list. On a cluster, or fakeredis, or where CLIENT is
-        refused (an ACL), the queues are waited on in turn, each for its share of
-        ``timeout``."""
+        job moved just before; sent on the connection that answered, so the ids are
+        those of its server) and every reply is read, so a job moved is never left
+        unseen in the active list; a connection that fails gives up its own wait
+        only. Several jobs may come at once (one a queue).
+
+        On a cluster, or fakeredis, or where CLIENT is refused (an ACL) or renamed
+        away, the queues are waited on in turn, each for its share of ``timeout``."""
         if len(queues) == 1:
             one = self.fetch_blocking(queues[0], worker, timeout)
             return [] if one is None else [(queues[0], one)]
@@ -419,86 +431,56 @@ class Broker:
             return []
         conns = [self._waiter(queue) for queue in queues]
         try:
-            for queue, conn in zip(queues, conns, strict=True):
+            for conn in conns:  # all before any wait starts: a failure moves no job
                 ensure_connected(conn)
-                src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
-                blmove = ("BLMOVE", src, dst, "RIGHT", "LEFT", timeout)
-                conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), blmove]))
-            ids = [self._client_id(conn) for conn in conns]
-            # A reply may already sit in a reader's buffer, read with CLIENT ID's.
-            if not any(conn.can_read(timeout=0) for conn in conns):
-                with selectors.DefaultSelector() as selector:
-                    for conn in conns:
-                        selector.register(conn._sock, selectors.EVENT_READ)
-                    selector.select(timeout + 1.0)
         except BaseException:
             for conn in conns:
-                conn.disconnect()  # replies may be left unread: never reuse them as they are
-            raise
-        try:
-            self._unblock(ids)
-        except redis.RedisError as exc:
-            log.warning("could not end the waits on other queues (%r): they time out", exc)
-        return self._read_moves(queues, conns)
-
-    @staticmethod
-    def _read_moves(queues: Sequence[str], conns: list[Any]) -> list[tuple[str, bytes]]:
-        """Read every BLMOVE's reply, also after one fails (a job another moved must
-        not stay unseen in its active list); raise the error only if none moved one."""
-        got: list[tuple[str, bytes]] = []
-        error: Exception | None = None
-        for n, (queue, conn) in enumerate(zip(queues, conns, strict=True)):
-            try:
-                raw = conn.read_response()
-            except (redis.RedisError, OSError) as exc:
                 conn.disconnect()
-                error = error or exc
+            raise
+        waits = _Waits(conns)
+        for n, queue in enumerate(queues):
+            src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
+            blmove = ("BLMOVE", src, dst, "RIGHT", "LEFT", timeout)
+            waits.send(n, [("CLIENT", "ID"), blmove])
+        ids: dict[int, int] = {}
+        for n in waits.live():
+            try:
+                client_id = waits.read(n)
+            except redis.ResponseError as exc:
+                self._refused(exc)  # that wait runs to its timeout
                 continue
-            except BaseException:
-                for rest in conns[n:]:
-                    rest.disconnect()
-                raise
-            if raw is not None:
-                got.append((queue, raw))
-        if error is not None:
-            if not got:
-                raise error
-            log.warning("lost the wait on a queue (%r); took the jobs of the others", error)
-        return got
+            if client_id is not None:
+                ids[n] = int(client_id)
+        first = waits.first_to_answer(timeout + 1.0)
+        if first is not None:
+            waits.read_move(first)
+            others = [ids[n] for n in waits.live() if n != first and n in ids]
+            # On the connection that answered: the ids are those of its server.
+            unblocks = [("CLIENT", "UNBLOCK", client_id, "TIMEOUT") for client_id in others]
+            if others and waits.send(first, unblocks):
+                for _ in others:
+                    try:
+                        waits.read(first)
+                    except redis.ResponseError as exc:
+                        self._refused(exc)  # those waits run to their timeout
+        for n in waits.live():
+            waits.read_move(n)
+        return [(queues[n], raw) for n, raw in waits.moves()]
 
     def _waiter(self, queue: str) -> Any:
         """The connection that waits for jobs on ``queue`` (fetch_blocking_any)."""
-        conn = self._waiters.get(queue)
-        if conn is None or conn.pid != _pid:
-            conn = self._waiters[queue] = own_connection(self.client.connection_pool)
-        elif closed_while_idle(conn):
-            conn.disconnect()  # connected again before sending
+        conn = self._waiters[queue] = self._usable(self._waiters.get(queue))
         return conn
 
-    def _client_id(self, conn: Any) -> int | None:
-        """The reply to CLIENT ID; None if refused (see _refused)."""
-        try:
-            return int(conn.read_response())
-        except redis.ResponseError as exc:
-            self._refused(exc)
-            return None
-
-    def _unblock(self, client_ids: list[int | None]) -> None:
-        """End the BLMOVEs of ``client_ids`` now (those that ended already are left
-        alone). Without an id, or refused, they end at their timeout."""
-        known = [client_id for client_id in client_ids if client_id is not None]
-        if not known:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for client_id in known:
-            pipe.execute_command("CLIENT", "UNBLOCK", client_id, "TIMEOUT")
-        try:
-            pipe.execute()
-        except redis.ResponseError as exc:
-            self._refused(exc)
-
     def _refused(self, exc: redis.ResponseError) -> None:
-        """CLIENT is refused: from now on, wait on several queues in turn."""
+        """A CLIENT command was refused. Not allowed (an ACL) or not known (renamed
+        away): from now on, wait on several queues in turn. Other errors: only the
+        waits concerned run to their timeout."""
+        if not isinstance(exc, redis.exceptions.NoPermissionError) and (
+            "unknown" not in str(exc).lower()
+        ):
+            log.warning("could not end a wait on a queue early (%s): it times out", exc)
+            return
         if not self._unblock_refused:
             log.warning("waiting on several queues in turn: CLIENT is refused (%s)", exc)
             self._unblock_refused = True
@@ -725,3 +707,87 @@ def text(value: bytes | str | None) -> str | None:
 
 def fields_of(raw: dict[Any, Any]) -> dict[str, str]:
     return {text(k) or "": text(v) or "" for k, v in raw.items()}
+
+
+class _Waits:
+    """The BLMOVEs of :meth:`Broker.fetch_blocking_any`, one a connection, each
+    given up alone when its connection fails: the others' jobs are still read."""
+
+    def __init__(self, conns: list[Any]) -> None:
+        self.conns = conns
+        self._live = set(range(len(conns)))  # waits whose BLMOVE reply is to be read
+        self._failed: set[int] = set()  # connections given up
+        self._moves: dict[int, bytes] = {}
+        self._error: Exception | None = None
+
+    def live(self) -> list[int]:
+        return sorted(self._live)
+
+    def _lost(self, n: int, exc: Exception) -> None:
+        self.conns[n].disconnect()  # replies may be left unread: never reuse it as it is
+        self._live.discard(n)
+        self._failed.add(n)
+        self._error = self._error or exc
+
+    def _guard(self, n: int, call: Callable[[], T]) -> T | None:
+        """``call()`` on wait ``n``; a connection error gives that wait up (None),
+        anything else but a refusal gives up every wait and goes on up."""
+        try:
+            return call()
+        except redis.ResponseError:
+            raise
+        except (redis.RedisError, OSError) as exc:
+            self._lost(n, exc)
+            return None
+        except BaseException:
+            for conn in self.conns:
+                conn.disconnect()
+            raise
+
+    def send(self, n: int, commands: list[tuple[Any, ...]]) -> bool:
+        conn = self.conns[n]
+        packed = conn.pack_commands(commands)
+        # No health check: its reconnection would skip a Sentinel connection's own.
+        if n not in self._failed:
+            self._guard(n, lambda: conn.send_packed_command(packed, check_health=False))
+        return n not in self._failed
+
+    def read(self, n: int) -> Any:
+        """The next reply on wait ``n``'s connection (None if it failed)."""
+        if n in self._failed:
+            return None
+        return self._guard(n, self.conns[n].read_response)
+
+    def read_move(self, n: int) -> None:
+        """Read wait ``n``'s BLMOVE reply: the job it moved, if any; it is over."""
+        try:
+            raw = self.read(n)
+        except redis.ResponseError as exc:  # WRONGTYPE, say
+            self._error = self._error or exc
+            raw = None
+        self._live.discard(n)
+        if raw is not None:
+            self._moves[n] = raw
+
+    def first_to_answer(self, timeout: float) -> int | None:
+        """A live wait whose reply has come (one already read into a buffer with
+        CLIENT ID's counts), waiting up to ``timeout`` seconds; None if none came."""
+        for n in self.live():
+            if self._guard(n, functools.partial(self.conns[n].can_read, timeout=0)) is not False:
+                return n  # a reply, or a failure for read_move to find
+        live = self.live()
+        if not live:
+            return None
+        with selectors.DefaultSelector() as selector:
+            for n in live:
+                selector.register(self.conns[n]._sock, selectors.EVENT_READ, n)
+            ready = selector.select(timeout)
+        return min((key.data for key, _ in ready), default=None)
+
+    def moves(self) -> list[tuple[int, bytes]]:
+        """The jobs moved, by wait; raises the first error if no job was moved."""
+        if self._error is not None:
+            if not self._moves:
+                raise self._error
+            log.warning("lost the wait on a queue (%r); took the jobs of the others", self._error)
+        return sorted(self._moves.items())

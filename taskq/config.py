@@ -61,7 +61,8 @@ class Settings:
     def __post_init__(self) -> None:
         if isinstance(self.queues, str):  # Settings(queues="high") means one queue
             object.__setattr__(self, "queues", (self.queues,))
-        object.__setattr__(self, "queues", tuple(self.queues))
+        # A queue named twice is served once, at its first (highest) priority.
+        object.__setattr__(self, "queues", tuple(dict.fromkeys(self.queues)))
         for name in ("grace", "heartbeat_timeout"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a finite number of seconds")

@@ -98,6 +98,7 @@ class SentinelRedis(redis.Redis):
     def close(self) -> None:
         super().close()
         pool: Any = self.connection_pool  # a SentinelConnectionPool
+        pool.disconnect()  # redis-py 5.0's close leaves it connected
         for node in pool.sentinel_manager.sentinels:
             node.close()
 
@@ -108,6 +109,7 @@ class AsyncSentinelRedis(aioredis.Redis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
         pool: Any = self.connection_pool  # a SentinelConnectionPool
+        await pool.disconnect()
         for node in pool.sentinel_manager.sentinels:
             await node.aclose()
 

@@ -28,6 +28,20 @@ def wait_event(r: redis.Redis | redis.RedisCluster, name: str, timeout: float = 
     assert as_text(got[1]) == name
 
 
+def blocked_moves(r: redis.Redis) -> int:
+    """Clients blocked in a BLMOVE now (an idle master waits in them)."""
+    return sum(1 for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"])
+
+
+def until_blocked(r: redis.Redis, count: int) -> None:
+    """Wait until ``count`` clients are blocked in a BLMOVE."""
+    for _ in range(500):
+        if blocked_moves(r) == count:
+            return
+        r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
+    assert blocked_moves(r) == count, r.client_list()
+
+
 def start_worker(env: dict[str, str], *args: str) -> TaskqProcess:
     """`taskq worker --app tests.tasks ARGS` as a subprocess, once it has started."""
     proc = TaskqProcess(["worker", "--app", "tests.tasks", *args], env)

@@ -211,6 +211,10 @@ def test_a_list_of_queues_becomes_a_tuple() -> None:
     hash(settings)  # frozen settings stay hashable
 
 
+def test_a_queue_named_twice_is_served_once_at_its_first_place() -> None:
+    assert Settings(queues=("high", "default", "high", "low")).queues == ("high", "default", "low")
+
+
 def test_app_options_go_through_settings() -> None:
     app = App("redis://example:1/0", concurrency=3, queues=("jobs",))
     assert app.settings.concurrency == 3

@@ -104,12 +104,14 @@ def test_a_worker_and_a_producer_go_on_with_the_new_master_after_a_failover(
 ) -> None:
     env = dict(os.environ, TASKQ_REDIS_URL=sentinel.url, PYTHONUNBUFFERED="1")
     events = connect(sentinel.url)
-    with start_worker(env) as worker:
+    # Two queues: the master's waits on each go through the failover too.
+    with start_worker(env, "--queue", "default", "--queue", "other") as worker:
         before = tasks.slow.push(0, name="before")
         wait_event(events, "start:before")
         wait_event(events, "end:before")
         assert before.result(timeout=5) == "before"
         with redis.Redis(port=sentinel.master.port) as master:
+            master.incr("synced")  # WAIT counts this connection's writes: all before it too
             assert master.wait(1, 10_000) == 1  # the replica has every write so far
         sentinel.master.kill()  # kill -9: the sentinel promotes the replica
         wait_until(sentinel.port, sentinel.promoted, "failed over")

@@ -12,7 +12,7 @@ from taskq import App
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import start_worker, wait_event
+from .helpers import start_worker, until_blocked, wait_event
 
 KEYS = Keys()
 
@@ -71,15 +71,7 @@ def test_idle_worker_blocks_inside_redis_and_starts_a_pushed_job(
     app: App, r: redis.Redis, worker_env: dict[str, str]
 ) -> None:
     with start_worker(worker_env) as worker:
-        # The master waits in a blocking move, not in a sleep loop.
-        def blocked() -> list[dict[str, str]]:
-            return [c for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"]]
-
-        for _ in range(200):
-            if blocked():
-                break
-            r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
-        assert blocked(), r.client_list()
+        until_blocked(r, 1)  # the master waits in a blocking move, not in a sleep loop
         tasks.slow.push(0, name="prompt")
         wait_event(r, "start:prompt", timeout=5)
         worker.signal(signal.SIGTERM)
@@ -89,15 +81,8 @@ def test_idle_worker_blocks_inside_redis_and_starts_a_pushed_job(
 def test_a_worker_waiting_on_several_queues_stops_on_sigterm_and_leaves_none_taken(
     app: App, r: redis.Redis, worker_env: dict[str, str]
 ) -> None:
-    def waiting() -> int:
-        return sum(1 for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"])
-
     with start_worker(worker_env, "--queue", "default", "--queue", "low") as worker:
-        for _ in range(200):
-            if waiting() == 2:
-                break
-            r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
-        assert waiting() == 2, r.client_list()
+        until_blocked(r, 2)
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=10) == 0, worker.log
     assert "stopped (SIGTERM): 0 done" in worker.log

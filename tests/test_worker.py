@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import taskq
-from taskq import App, JobFailed, Worker
+from taskq import App, JobFailed, Worker, payload
 from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
@@ -30,7 +30,7 @@ from taskq.worker.runner import JobRunner
 from taskq.writes import Outcome, Writes
 
 from . import tasks
-from .helpers import as_text, wait_event, worker_thread
+from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
 from .redis_server import RedisServer
 
 KEYS = Keys()
@@ -603,6 +603,8 @@ def test_async_pushes_at_once_land_and_a_killed_connection_is_remade(
 def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -> None:
     tasks.add.push(0, 0)  # the parent's connection exists before the fork
     parents = app.broker._own
+    payload._ids.clear()
+    payload.new_id()  # the parent holds ids made ahead as it forks
     pid = os.fork()
     if pid == 0:  # the child: a shared socket would mix up the replies
         code = 1
@@ -623,19 +625,6 @@ def test_a_forked_child_pushes_on_its_own_connection(app: App, r: redis.Redis) -
 
 
 # -- an idle worker on several queues ------------------------------------------------
-def _blocked_moves(r: redis.Redis) -> int:
-    """Clients blocked in a BLMOVE now."""
-    return sum(1 for c in r.client_list() if c.get("cmd") == "blmove" and "b" in c["flags"])
-
-
-def _until_blocked(r: redis.Redis, count: int) -> None:
-    for _ in range(500):
-        if _blocked_moves(r) == count:
-            return
-        r.blpop(["never"], timeout=0.01)  # a short wait inside Redis, then look again
-    assert _blocked_moves(r) == count, r.client_list()
-
-
 def _push_to(app: App, queue: str, task: str, *args: Any, **kwargs: Any) -> str:
     payload = Payload(task, list(args), kwargs)
     app.broker.push(queue, [(payload, payload.encode())])
@@ -645,12 +634,12 @@ def _push_to(app: App, queue: str, task: str, *args: Any, **kwargs: Any) -> str:
 def test_an_idle_worker_waits_on_all_its_queues_at_once(app: App, r: redis.Redis) -> None:
     # In turn, a job on "low" would wait while the master blocks on "high".
     with worker_thread(app, queues=("high", "low")):
-        _until_blocked(r, 2)
+        until_blocked(r, 2)
         low = _push_to(app, "low", "slow", 0, name="low")
         wait_event(r, "start:low", timeout=5)
         wait_event(r, "end:low", timeout=5)
         assert app.job(low).result(timeout=5) == "low"
-        _until_blocked(r, 2)  # the waits start again, on connections left clean
+        until_blocked(r, 2)  # the waits start again, on connections left clean
         high = _push_to(app, "high", "slow", 0, name="high")
         wait_event(r, "start:high", timeout=5)
         assert app.job(high).result(timeout=5) == "high"
@@ -667,7 +656,7 @@ def test_jobs_reaching_several_waiting_queues_at_once_are_all_taken(
     )
     waiting.start()
     try:
-        _until_blocked(r, 3)
+        until_blocked(r, 3)
         with r.pipeline(transaction=True) as pipe:  # both served in the same instant
             pipe.lpush(KEYS.queue("c"), b"job-c")
             pipe.lpush(KEYS.queue("a"), b"job-a")
@@ -676,7 +665,7 @@ def test_jobs_reaching_several_waiting_queues_at_once_are_all_taken(
         assert got == [[("a", b"job-a"), ("c", b"job-c")]]  # in the order of the queues
         assert r.lrange(KEYS.active("a", "w"), 0, -1) == [b"job-a"]
         assert r.lrange(KEYS.active("c", "w"), 0, -1) == [b"job-c"]
-        assert _blocked_moves(r) == 0  # the wait on "b" was ended too
+        assert blocked_moves(r) == 0  # the wait on "b" was ended too
         r.lpush(KEYS.queue("b"), b"job-b")
         assert broker.fetch_blocking_any(["a", "b", "c"], "w", 10) == [("b", b"job-b")]
     finally:
@@ -694,7 +683,7 @@ def test_a_wait_cut_short_on_one_queue_still_gives_the_jobs_of_the_others(
     )
     waiting.start()
     try:
-        _until_blocked(r, 2)
+        until_blocked(r, 2)
         host, port = broker._waiters["a"]._sock.getsockname()[:2]
         with r.pipeline(transaction=True) as pipe:  # in one instant: a job, a lost wait
             pipe.lpush(KEYS.queue("b"), b"job-b")
@@ -724,11 +713,12 @@ def test_waiting_on_several_queues_survives_a_redis_restart() -> None:
         server.kill()
 
 
+@pytest.mark.parametrize("denied", ["-client", "-@dangerous"], ids=["CLIENT", "CLIENT UNBLOCK"])
 def test_without_the_client_command_several_queues_are_waited_on_in_turn(
-    r: redis.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    r: redis.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture, denied: str
 ) -> None:
     r.acl_setuser(
-        "no-client", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client"]
+        "no-client", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", denied]
     )
     broker = Broker(redis.Redis(port=redis_server.port, username="no-client", password="pw"))
     try:
