@@ -9,7 +9,8 @@ import redis
 
 from taskq import App
 
-from .redis_server import INSTALL_HINT, RedisServer
+from .helpers import tasks_app_at
+from .redis_server import INSTALL_HINT, RedisServer, running
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -19,10 +20,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    with running(RedisServer()) as server:
+        yield server
 
 
 @pytest.fixture
@@ -44,12 +43,8 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def app(redis_url: str) -> Iterator[App]:
     """The test tasks' App, pointed at the clean database."""
-    from . import tasks
-
-    tasks.app.close()
-    tasks.app.configure(redis_url=redis_url)
-    yield tasks.app
-    tasks.app.close()
+    with tasks_app_at(redis_url) as tasks_app:
+        yield tasks_app
 
 
 @pytest.fixture

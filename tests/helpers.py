@@ -17,6 +17,19 @@ from taskq import App, Worker
 from .proc import TaskqProcess
 
 
+@contextmanager
+def tasks_app_at(url: str) -> Iterator[App]:
+    """The test tasks' App, pointed at ``url`` for the length of the block."""
+    from . import tasks
+
+    tasks.app.close()
+    tasks.app.configure(redis_url=url)
+    try:
+        yield tasks.app
+    finally:
+        tasks.app.close()
+
+
 def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

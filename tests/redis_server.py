@@ -7,9 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis
 
@@ -281,3 +282,22 @@ class RedisSentinel:
 
 def _replicating(client: redis.Redis) -> bool:
     return client.info("replication").get("master_link_status") == "up"
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+@contextmanager
+def running(server: S) -> Iterator[S]:
+    """``server`` started for the length of the block, stopped after (even if
+    it failed to start half-way)."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

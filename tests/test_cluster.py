@@ -15,29 +15,23 @@ from taskq import App
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import start_worker, wait_event, worker_thread
-from .redis_server import RedisCluster
+from .helpers import start_worker, tasks_app_at, wait_event, worker_thread
+from .redis_server import RedisCluster, running
 
 KEYS = Keys()
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
-    server = RedisCluster()
-    try:
-        server.start()
+    with running(RedisCluster()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def capp(cluster: RedisCluster) -> Iterator[App]:
     cluster.flush()
-    tasks.app.close()
-    tasks.app.configure(redis_url=cluster.url)
-    yield tasks.app
-    tasks.app.close()
+    with tasks_app_at(cluster.url) as tasks_app:
+        yield tasks_app
 
 
 @pytest.fixture

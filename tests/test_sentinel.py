@@ -15,8 +15,8 @@ from taskq.connection import SentinelTarget, connect, sentinel_target
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import start_worker, wait_event
-from .redis_server import RedisSentinel, wait_until
+from .helpers import start_worker, tasks_app_at, wait_event
+from .redis_server import RedisSentinel, running, wait_until
 
 
 # -- the URL ---------------------------------------------------------------------------
@@ -66,20 +66,14 @@ def test_both_passwords_of_a_sentinel_url_are_masked() -> None:
 # -- a real sentinel -------------------------------------------------------------------
 @pytest.fixture
 def sentinel() -> Iterator[RedisSentinel]:
-    watched = RedisSentinel()
-    try:
-        watched.start()
+    with running(RedisSentinel()) as watched:
         yield watched
-    finally:
-        watched.stop()
 
 
 @pytest.fixture
 def sapp(sentinel: RedisSentinel) -> Iterator[App]:
-    tasks.app.close()
-    tasks.app.configure(redis_url=sentinel.url)
-    yield tasks.app
-    tasks.app.close()
+    with tasks_app_at(sentinel.url) as tasks_app:
+        yield tasks_app
 
 
 def test_through_a_sentinel_jobs_are_pushed_to_the_master_and_run(
