@@ -89,6 +89,8 @@ def cluster_node_url(url: str) -> str | None:
 #: The Sentinel URL schemes, and whether each uses TLS.
 SENTINEL_SCHEMES = {"redis+sentinel://": False, "rediss+sentinel://": True}
 SENTINEL_PORT = 26379
+#: The options of a ``rediss+sentinel://`` URL that go to redis-py's TLS connections.
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 
 class SentinelRedis(redis.Redis):
@@ -126,6 +128,9 @@ class SentinelTarget:
     password: str | None = None
     sentinel_password: str | None = None
     ssl: bool = False
+    #: TLS options (TLS_OPTIONS) as (name, value) pairs, for both the master and the
+    #: sentinels.
+    tls: tuple[tuple[str, str], ...] = ()
 
     def master(
         self, sentinel_class: Any, redis_class: type[Any], socket_timeout: float | None
@@ -138,7 +143,7 @@ class SentinelTarget:
         if self.sentinel_password is not None:
             sentinel_kwargs["password"] = self.sentinel_password
         if self.ssl:
-            sentinel_kwargs["ssl"] = True
+            sentinel_kwargs.update(ssl=True, **dict(self.tls))
         sentinel = sentinel_class(list(self.nodes), sentinel_kwargs=sentinel_kwargs)
         return sentinel.master_for(
             self.service,
@@ -149,6 +154,7 @@ class SentinelTarget:
             ssl=self.ssl,
             socket_timeout=socket_timeout,
             socket_connect_timeout=5,
+            **dict(self.tls),
             **_CLIENT_OPTIONS,
         )
 
@@ -161,11 +167,12 @@ def sentinel_target(url: str) -> SentinelTarget | None:
 
     Sentinels listen on port 26379 unless told; the user and password are the
     master's, ``sentinel_password`` the sentinels' own if they require one.
-    ``rediss+sentinel://`` speaks TLS to both. Raises ValueError for a malformed URL."""
+    ``rediss+sentinel://`` speaks TLS to both, and takes TLS_OPTIONS as options too.
+    Raises ValueError for a malformed URL."""
     tls = next((v for scheme, v in SENTINEL_SCHEMES.items() if url.startswith(scheme)), None)
     if tls is None:
         return None
-    rest = url.partition("://")[2]
+    rest = url.partition("://")[2].partition("#")[0]
     rest, _, query = rest.partition("?")
     userinfo, _, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
@@ -175,18 +182,20 @@ def sentinel_target(url: str) -> SentinelTarget | None:
         raise ValueError("name the service after the sentinels: .../SERVICE or .../SERVICE/DB")
     if len(parts) == 2 and not parts[1].isdigit():
         raise ValueError(f"the database must be a number, not {parts[1]!r}")
-    options = parse_qs(query, keep_blank_values=True)
-    unknown = set(options) - {"sentinel_password"}
+    options = {name: values[-1] for name, values in parse_qs(query, True).items()}
+    known = ("sentinel_password", *TLS_OPTIONS) if tls else ("sentinel_password",)
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown option {sorted(unknown)[0]!r} (known: sentinel_password)")
+        raise ValueError(f"unknown option {unknown[0]!r} (known: {', '.join(known)})")
     return SentinelTarget(
         nodes=tuple(_host_port(node) for node in hosts.split(",")),
         service=parts[0],
         db=int(parts[1]) if len(parts) == 2 else 0,
         username=unquote(username) or None,
         password=unquote(password) if userinfo and password else None,
-        sentinel_password=options["sentinel_password"][-1] if options else None,
+        sentinel_password=options.pop("sentinel_password", None),
         ssl=tls,
+        tls=tuple(sorted(options.items())),
     )
 
 
@@ -198,7 +207,10 @@ def _host_port(node: str) -> tuple[str, int]:
             raise ValueError(f"bad sentinel address {node!r}")
         port = port[1:]
     else:
-        host, _, port = node.partition(":")
+        host, colon, port = node.partition(":")
+        if colon and not port:
+            raise ValueError(f"bad sentinel port in {node!r}")
+    host = unquote(host)
     if not host:
         raise ValueError(f"a sentinel address has no host: {node!r}")
     if not port:

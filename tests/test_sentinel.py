@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -31,8 +32,16 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_logins() -> None
         sentinel_password="sp",
         ssl=False,
     )
-    assert sentinel_target("rediss+sentinel://s/main") == SentinelTarget(
-        nodes=(("s", 26379),), service="main", ssl=True
+    assert sentinel_target(
+        "rediss+sentinel://s/main?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem#ignored"
+    ) == SentinelTarget(
+        nodes=(("s", 26379),),
+        service="main",
+        ssl=True,
+        tls=(("ssl_ca_certs", "/ca.pem"), ("ssl_cert_reqs", "required")),
+    )
+    assert sentinel_target("redis+sentinel://[fe80::1%25eth0]:5/m").nodes == (  # type: ignore[union-attr]
+        ("fe80::1%eth0", 5),
     )
     assert sentinel_target("redis+sentinel://:pw@s/main") == SentinelTarget(
         nodes=(("s", 26379),), service="main", password="pw"
@@ -51,11 +60,30 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_logins() -> None
         ("redis+sentinel://:1/main", "has no host"),
         ("redis+sentinel://[::1/main", "bad sentinel address"),
         ("redis+sentinel://s/main?password=x", "unknown option 'password'"),
+        ("redis+sentinel://s/main?ssl_ca_certs=x", "unknown option 'ssl_ca_certs'"),
+        ("redis+sentinel://s:/main", "bad sentinel port"),
     ],
 )
 def test_a_malformed_sentinel_url_is_refused_saying_why(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         connect(url)
+
+
+def test_tls_options_reach_the_master_and_the_sentinels_connections() -> None:
+    client = connect("rediss+sentinel://s:1/main/2?ssl_ca_certs=/ca.pem&sentinel_password=sp")
+    try:  # no I/O yet: only what the connections will be made with
+        pool: Any = client.connection_pool
+        assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+        assert (pool.connection_kwargs["ssl_ca_certs"], pool.connection_kwargs["db"]) == (
+            "/ca.pem",
+            2,
+        )
+        (node,) = pool.sentinel_manager.sentinels
+        options = node.connection_pool.connection_kwargs
+        assert (options["ssl_ca_certs"], options["password"]) == ("/ca.pem", "sp")
+        assert node.connection_pool.connection_class.__name__ == "SSLConnection"
+    finally:
+        client.close()
 
 
 def test_both_passwords_of_a_sentinel_url_are_masked() -> None:
