@@ -14,7 +14,7 @@ from taskq.cli import main
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import start_worker, wait_event
+from .helpers import as_text, start_worker, wait_event
 
 KEYS = Keys()
 
@@ -77,3 +77,28 @@ def test_abort_from_the_cli(app: App) -> None:
     again = CliRunner().invoke(main, ["abort", job.id], env=env)
     assert again.exit_code == 1
     assert "already finished (aborted)" in again.output
+
+
+def test_a_job_in_the_queue_twice_runs_twice_and_is_aborted_as_one(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    # The same job may sit twice in a queue (pushed so, or put back while a copy ran
+    # on): both copies run at once under one id, and an abort reaches both.
+    pair = tasks.slow.payload((0,), {"name": "pair"})[0]
+    twin = tasks.slow.payload((600,), {"name": "twin"})[0]
+    with start_worker(worker_env) as worker:
+        app.broker.push("default", [(pair, pair.encode())] * 2)
+        events = [as_text(r.blpop(["events"], timeout=10)[1]) for _ in range(4)]  # type: ignore[index]
+        assert sorted(events) == ["end:pair", "end:pair", "start:pair", "start:pair"]
+        assert app.job(pair.id).result(timeout=5) == "pair"
+        app.broker.push("default", [(twin, twin.encode())] * 2)
+        wait_event(r, "start:twin")
+        wait_event(r, "start:twin")
+        assert app.job(twin.id).abort() is True
+        with pytest.raises(taskq.JobAborted, match="Aborted while running"):
+            app.job(twin.id).result(timeout=5)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
+    assert "2 done, 0 failed, 0 retried, 0 dead-lettered, 0 put back" in worker.log
+    assert "Traceback" not in worker.log
+    assert r.keys("taskq:{default}:active:*") == []

@@ -147,9 +147,12 @@ class JobRunner:
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
+        # More runs of a job id already in _current: the same job twice in the queue
+        # (pushed so, or put back while a copy ran on), both taken at once.
+        self._twins: dict[str, list[asyncio.Task[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # started jobs (a slot each), until they end
         # Running jobs whose start is not stored yet, oldest first (insertion order).
-        self._unrecorded: dict[str, _Running] = {}
+        self._unrecorded: dict[_Running, None] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._reaper: asyncio.TimerHandle | None = None
 
@@ -159,6 +162,8 @@ class JobRunner:
         self._aborting = job_ids
         for job_id in job_ids & self._current.keys():
             self._current[job_id].cancel()
+            for twin in self._twins.get(job_id, ()):
+                twin.cancel()
 
     def stop_starting(self) -> None:
         """Start no more jobs: those still waiting for a slot stay in the active list
@@ -330,7 +335,7 @@ class JobRunner:
         attempt = payload.attempts + 1
         started_at = time.time()
         running = _Running(queue, payload, started_at)
-        self._unrecorded[payload.id] = running
+        self._unrecorded[running] = None
         if self._sweep is None:
             self._sweep = self._loop.call_later(START_RECORD_DELAY, self._store_starts)
         if self.metrics:
@@ -338,11 +343,11 @@ class JobRunner:
         try:
             outcome = await self._outcome_or_abort(task, payload, attempt)
         except BaseException:
-            self._unrecorded.pop(payload.id, None)
+            self._unrecorded.pop(running, None)
             if self.metrics:  # cancelled by a shutdown: put back, not finished
                 self.metrics.in_progress.dec()
             raise
-        self._unrecorded.pop(payload.id, None)
+        self._unrecorded.pop(running, None)
         ended_at = time.time()
         run_time = ended_at - started_at
         if self.metrics:
@@ -361,14 +366,14 @@ class JobRunner:
         due = time.time() - START_RECORD_DELAY
         unrecorded = self._unrecorded
         while unrecorded:
-            r = next(iter(unrecorded.values()))  # the oldest (insertion order)
+            r = next(iter(unrecorded))  # the oldest (insertion order)
             if r.started_at > due:
                 break
-            del unrecorded[r.payload.id]
+            del unrecorded[r]
             r.start_stored = True
             self.batcher.submit(self.writes.start(r.queue, self.worker_id, r.payload, r.started_at))
         if unrecorded:
-            oldest = next(iter(unrecorded.values()))
+            oldest = next(iter(unrecorded))
             wait = max(oldest.started_at - due, 0.001)
             self._sweep = self._loop.call_later(wait, self._store_starts)
 
@@ -387,7 +392,11 @@ class JobRunner:
             )
         me = asyncio.current_task(self._loop)
         assert me is not None
-        self._current[payload.id] = me
+        current = self._current
+        if payload.id in current:
+            self._twins.setdefault(payload.id, []).append(me)
+        else:
+            current[payload.id] = me
         try:
             try:
                 if task.is_async and task.timeout is None:  # the common case, inline
@@ -411,7 +420,9 @@ class JobRunner:
             # A sync job's thread cannot be stopped: it runs on, its result discarded.
             return Outcome("aborted", error="Aborted while running")
         finally:
-            del self._current[payload.id]
+            held = current.pop(payload.id)
+            if held is not me or self._twins:
+                self._untwin(payload.id, me, held)
         try:
             return Outcome("done", result="null" if value is None else dumps(value))
         except (TypeError, ValueError) as exc:
@@ -420,6 +431,18 @@ class JobRunner:
                 error=f"TypeError: the return value of task {task.name!r} "
                 f"is not JSON-serialisable: {exc}",
             )
+
+    def _untwin(self, job_id: str, me: asyncio.Task[Any], held: asyncio.Task[Any]) -> None:
+        """A run of a job id that has twins (see _twins) ended: the id's entry in
+        _current goes to a twin still running."""
+        twins = self._twins.get(job_id, [])
+        if held is not me:  # the entry was a twin's: it stays; I was among the twins
+            self._current[job_id] = held
+            twins.remove(me)
+        elif twins:
+            self._current[job_id] = twins.pop()
+        if not twins:
+            self._twins.pop(job_id, None)
 
     def _failure(self, task: Task[Any, Any], exc: BaseException, attempt: int) -> Outcome:
         error = _describe(exc)
