@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 import taskq
 from taskq import App
+from taskq.cli import main
 from taskq.keys import Keys
 
 from . import tasks
@@ -194,6 +196,27 @@ def test_only_loopback_host_names_are_served(dashboard: str) -> None:
     conn.close()
 
 
+def test_behind_a_proxy_that_cuts_the_sub_path_off_pages_still_link_under_it(
+    app: App, worker_env: dict[str, str]
+) -> None:
+    with serve(worker_env, "--root-path", "/ops/taskq/") as url:
+        status, html = get(url + "/")  # as the proxy passes on /ops/taskq/
+        assert status == 200
+        assert '<base href="/ops/taskq/">' in html
+        assert 'href="/' not in html.replace('<base href="/ops/taskq/">', "")
+        conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+        conn.request("GET", "/jobs?id=abc")
+        reply = conn.getresponse()
+        assert (reply.status, reply.getheader("Location")) == (303, "/ops/taskq/jobs/abc")
+        conn.close()
+
+
+def test_a_root_path_must_be_a_path() -> None:
+    result = CliRunner().invoke(main, ["dashboard", "--root-path", "taskq"])
+    assert result.exit_code == 2
+    assert "'taskq' must start with /" in result.output
+
+
 def test_unreachable_redis_is_reported_not_fatal(worker_env: dict[str, str]) -> None:
     env = dict(worker_env, TASKQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     with serve(env) as url:
@@ -249,27 +272,49 @@ def test_user_data_is_escaped(app: App, dashboard: str, page: Page) -> None:
     assert f"ValueError: {script}" in page.locator("pre.traceback").inner_text()
 
 
+@pytest.mark.parametrize("root", ["", "/taskq"], ids=["at the root", "under a sub-path"])
 def test_a_dead_letter_is_retried_with_a_click_and_then_completes(
-    app: App, dashboard: str, page: Page, r: redis.Redis
+    app: App, worker_env: dict[str, str], page: Page, r: redis.Redis, root: str
 ) -> None:
     """flaky("dash", 4) fails its 4 runs (1 + retries=3) and is dead-lettered; its
-    5th run succeeds. So the retry clicked in the page is what makes it complete."""
+    5th run succeeds. So the retry clicked in the page is what makes it complete.
+    Under a sub-path (--root-path, as behind a reverse proxy) every link, form and
+    request of the page must stay under it."""
     job = tasks.flaky.push("dash", 4)
     with worker_thread(app), pytest.raises(taskq.JobFailed):
         job.result(timeout=15)
     waiting = tasks.add.push(1, 2)
 
-    page.goto(dashboard)
+    with serve(worker_env, "--token", TOKEN, *(["--root-path", root] if root else [])) as url:
+        dashboard = url + root
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        _retry_with_a_click(app, dashboard, page, r, job, waiting)
+    assert requested
+    assert all(u.startswith(dashboard + "/") for u in requested), requested
+
+
+def _retry_with_a_click(
+    app: App,
+    dashboard: str,
+    page: Page,
+    r: redis.Redis,
+    job: taskq.Job[int],
+    waiting: taskq.Job[int],
+) -> None:
+    page.goto(dashboard + "/")
     assert count(page, "queued") == "1"
     assert count(page, "dead") == "1"
-    page.locator(f'a[href="/jobs/{waiting.id}"]').wait_for()
+    page.locator(f'a[href="jobs/{waiting.id}"]').wait_for()
     page.fill("input[name=id]", waiting.id)  # the job by id
     page.click("form.lookup button")
-    page.wait_for_url(f"**/jobs/{waiting.id}")
+    page.wait_for_url(f"{dashboard}/jobs/{waiting.id}")
     assert page.locator("#job-status").inner_text() == "queued"
     assert "add" in page.locator("table.facts").inner_text()
+    page.click("a.brand")  # home
+    page.wait_for_url(f"{dashboard}/")
 
-    page.goto(dashboard)
+    page.goto(dashboard + "/")
     page.fill("#token", TOKEN)
     page.click(f'button.retry[data-id="{job.id}"]')
     page.locator("#message").get_by_text(f"retried {job.id}").wait_for()

@@ -16,6 +16,14 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _root_path(value: str) -> str:
+    """``--root-path``, checked: "" or "/a/path" (a trailing slash is dropped)."""
+    value = value.rstrip("/")
+    if value and not value.startswith("/"):
+        raise click.BadParameter(f"{value!r} must start with /")
+    return value
+
+
 @click.command()
 @url_option
 @click.option(
@@ -49,6 +57,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     help="Seconds between the page's refreshes.",
 )
 @click.option(
+    "--root-path",
+    envvar="TASKQ_DASHBOARD_ROOT_PATH",
+    default="",
+    metavar="PATH",
+    callback=lambda _ctx, _param, value: _root_path(value),
+    help="URL path a reverse proxy serves the dashboard under (e.g. /taskq), the "
+    "proxy stripping it from requests. Default: served at the root.",
+)
+@click.option(
     "--log-level",
     default="info",
     envvar="TASKQ_LOG_LEVEL",
@@ -62,6 +79,7 @@ def dashboard(
     port: int,
     token: str | None,
     refresh: float,
+    root_path: str,
     log_level: str,
 ) -> None:
     """Serve a web page of queues, workers, jobs and dead letters (retry, purge).
@@ -88,10 +106,11 @@ def dashboard(
             " and, over plain HTTP, see the token" if token else "",
         )
     log.info(
-        "taskq dashboard for %s on http://%s:%d (%s)",
+        "taskq dashboard for %s on http://%s:%d%s (%s)",
         url,
         f"[{host}]" if ":" in host else host,
         port,
+        f", linked as {root_path}/ behind its proxy" if root_path else "",
         "retry and purge need the token" if token else "read-only: no --token",
     )
     uvicorn.run(
@@ -99,6 +118,7 @@ def dashboard(
         host=host,
         port=port,
         log_level=log_level.lower(),
+        root_path=root_path,
         log_config=None,
         access_log=log_level.lower() == "debug",
         server_header=False,

@@ -51,7 +51,8 @@ def when(ts: float | None, now: float) -> str:
 
 
 def job_href(job_id: str) -> str:
-    return "/jobs/" + quote(job_id, safe="")
+    """The job's page, relative to the dashboard's root (the page's <base>)."""
+    return "jobs/" + quote(job_id, safe="")
 
 
 def job_link(job_id: str | None) -> str:
@@ -89,7 +90,11 @@ def button(action: str, label: str, queue: str, dead_id: str | None = None, ask:
     return f'<button type="button" class="{e(action)}"{data}>{e(label)}</button>'
 
 
-def page(title: str, main: str, *, actions: bool, refresh: float, redis: str) -> str:
+def page(
+    title: str, main: str, *, actions: bool, refresh: float, redis: str, base: str = "/"
+) -> str:
+    """A whole page. Its links are relative to ``base``, the dashboard's root URL
+    path: served under a sub-path (``--root-path``), they still lead home."""
     """The whole document; ``main`` is what dashboard.js swaps on each refresh."""
     token = (
         '<label class="token">token <input id="token" type="password" autocomplete="off" '
@@ -103,14 +108,15 @@ def page(title: str, main: str, *, actions: bool, refresh: float, redis: str) ->
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(title)}</title>
-<link rel="stylesheet" href="/static/dashboard.css">
-<script src="/static/dashboard.js" defer></script>
+<base href="{e(base)}">
+<link rel="stylesheet" href="static/dashboard.css">
+<script src="static/dashboard.js" defer></script>
 </head>
 <body data-refresh-ms="{int(refresh * 1000)}">
 <header>
-<a class="brand" href="/">taskq</a>
+<a class="brand" href="./">taskq</a>
 <span class="muted">{e(redis)}</span>
-<form class="lookup" action="/jobs" method="get">
+<form class="lookup" action="jobs" method="get">
 <input name="id" placeholder="job id" aria-label="job id" required>
 <button type="submit">Show job</button>
 </form>

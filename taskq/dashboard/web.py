@@ -45,7 +45,7 @@ SECURITY_HEADERS = [
     (
         b"content-security-policy",
         b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        b"connect-src 'self'; form-action 'self'; base-uri 'self'; frame-ancestors 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -66,6 +66,23 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnderRootPath:
+    """Pure ASGI middleware for a dashboard served under a root path (--root-path):
+    a request whose path still starts with it (a proxy that passes the whole path
+    on) is routed as if the proxy had cut it off (as uvicorn expects)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "").rstrip("/")
+        if root and scope["type"] == "http":
+            path = scope["path"]
+            if path == root or path.startswith(root + "/"):
+                scope = {**scope, "path": path[len(root) :] or "/"}
+        await self.app(scope, receive, send)
 
 
 def _static(name: str) -> bytes:
@@ -108,7 +125,12 @@ class Dashboard:
         if request.query_params.get("partial"):
             return HTMLResponse(main, status)
         body = markup.page(
-            title, main, actions=self.actions, refresh=self.refresh, redis=self.redis
+            title,
+            main,
+            actions=self.actions,
+            refresh=self.refresh,
+            redis=self.redis,
+            base=_root(request) + "/",
         )
         return HTMLResponse(body, status)
 
@@ -126,8 +148,8 @@ class Dashboard:
 
     async def find_job(self, request: Request) -> Response:
         job_id = request.query_params.get("id", "").strip()
-        target = markup.job_href(job_id) if job_id else "/"
-        return RedirectResponse(target, status_code=303)
+        target = markup.job_href(job_id) if job_id else ""
+        return RedirectResponse(f"{_root(request)}/{target}", status_code=303)
 
     async def static(self, request: Request) -> Response:
         found = self.files.get(request.path_params["name"])
@@ -194,6 +216,12 @@ def _reply(ok: bool, message: str, status: int) -> Response:
     return JSONResponse({"ok": ok, "message": message}, status)
 
 
+def _root(request: Request) -> str:
+    """The URL path the dashboard is served under ("" at the root; see --root-path)."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
 def _client(request: Request) -> str:
     return f"{request.client.host}" if request.client else "?"
 
@@ -207,7 +235,7 @@ def create_app(
     so a web page cannot reach it by pointing a domain of its own at 127.0.0.1.
     """
     dashboard = Dashboard(app, token, refresh)
-    middleware = [Middleware(SecurityHeaders)]
+    middleware = [Middleware(SecurityHeaders), Middleware(UnderRootPath)]
     if host in LOOPBACK_NAMES:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES)))
     handler: Callable[[Request, Exception], Awaitable[Response]] = dashboard.redis_down

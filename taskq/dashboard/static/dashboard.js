@@ -54,7 +54,7 @@
     if (button.dataset.id !== undefined) body.id = button.dataset.id;
     button.disabled = true;
     try {
-      const reply = await fetch("/api/dead/" + encodeURIComponent(button.dataset.action), {
+      const reply = await fetch("api/dead/" + encodeURIComponent(button.dataset.action), {
         method: "POST",
         headers: {
           "Content-Type": "application/json",
