@@ -187,13 +187,26 @@ def test_changes_need_the_right_token(app: App, dashboard: str, r: redis.Redis) 
     assert job.status() == "queued"
 
 
-def test_only_loopback_host_names_are_served(dashboard: str) -> None:
-    """A site rebinding its own domain to 127.0.0.1 must not read the dashboard."""
-    port = int(dashboard.rsplit(":", 1)[1])
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/api/state", headers={"Host": f"evil.example:{port}"})
-    assert conn.getresponse().status == 400
-    conn.close()
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_only_loopback_host_names_are_served(
+    app: App, worker_env: dict[str, str], host: str
+) -> None:
+    """A site rebinding its own domain to 127.0.0.1 or ::1 must not read the dashboard."""
+    with serve(worker_env, "--host", host) as url:
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        for name, status in [
+            (f"evil.example:{port}", 400),
+            ("evil.example", 400),
+            (f"[::1]:{port}", 200),
+            (f"127.0.0.1:{port}", 200),
+            ("localhost", 200),
+        ]:
+            conn.request("GET", "/api/state", headers={"Host": name})
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == status, name
+        conn.close()
 
 
 def test_behind_a_proxy_that_cuts_the_sub_path_off_pages_still_link_under_it(

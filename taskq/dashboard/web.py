@@ -22,8 +22,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -37,7 +37,7 @@ from . import actions, markup, state, views
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-taskq-token"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 #: Sent with every response: no inline script may run (so even an escaping slip
 #: cannot execute), no framing, no referrer leaking job ids.
@@ -83,6 +83,31 @@ class UnderRootPath:
             if path == root or path.startswith(root + "/"):
                 scope = {**scope, "path": path[len(root) :] or "/"}
         await self.app(scope, receive, send)
+
+
+class LoopbackHostsOnly:
+    """Pure ASGI middleware answering 400 to a request whose Host header names no
+    loopback address (any port): a site that points a domain of its own at
+    127.0.0.1 or ::1 (DNS rebinding) cannot read the dashboard. (Starlette's
+    TrustedHostMiddleware cuts "[::1]:8000" at its first colon.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _host_name(scope) not in LOOPBACK_NAMES:
+            response = Response("Invalid host header", 400, media_type="text/plain")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(scope: Scope) -> str:
+    """The name in the request's Host header, without its port or IPv6 brackets."""
+    host = Headers(scope=scope).get("host", "")
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0]
 
 
 def _static(name: str) -> bytes:
@@ -237,7 +262,7 @@ def create_app(
     dashboard = Dashboard(app, token, refresh)
     middleware = [Middleware(SecurityHeaders), Middleware(UnderRootPath)]
     if host in LOOPBACK_NAMES:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES)))
+        middleware.append(Middleware(LoopbackHostsOnly))
     handler: Callable[[Request, Exception], Awaitable[Response]] = dashboard.redis_down
     return Starlette(
         routes=dashboard.routes(),
