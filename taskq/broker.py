@@ -420,6 +420,7 @@ class Broker:
 
         On a cluster, or fakeredis, or where CLIENT is refused (an ACL) or renamed
         away, the queues are waited on in turn, each for its share of ``timeout``."""
+        queues = list(dict.fromkeys(queues))  # one wait a queue, however often named
         if len(queues) == 1:
             one = self.fetch_blocking(queues[0], worker, timeout)
             return [] if one is None else [(queues[0], one)]
@@ -438,6 +439,16 @@ class Broker:
                 conn.disconnect()
             raise
         waits = _Waits(conns)
+        try:
+            self._wait_any(waits, queues, worker, timeout)
+        except BaseException:
+            for conn in conns:  # replies may be left unread: never reuse them as they are
+                conn.disconnect()
+            raise
+        return [(queues[n], raw) for n, raw in waits.moves()]
+
+    def _wait_any(self, waits: _Waits, queues: Sequence[str], worker: str, timeout: float) -> None:
+        """fetch_blocking_any's waits, from the BLMOVEs sent to their replies read."""
         for n, queue in enumerate(queues):
             src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
             blmove = ("BLMOVE", src, dst, "RIGHT", "LEFT", timeout)
@@ -451,11 +462,12 @@ class Broker:
                 continue
             if client_id is not None:
                 ids[n] = int(client_id)
-        first = waits.first_to_answer(timeout + 1.0)
+        first = waits.first_to_answer(time.monotonic() + timeout + 1.0)
         if first is not None:
             waits.read_move(first)
-            others = [ids[n] for n in waits.live() if n != first and n in ids]
-            # On the connection that answered: the ids are those of its server.
+            # On the connection that answered, for the waits on the same server: the
+            # ids are that server's (after a failover, a wait may be on another).
+            others = [ids[n] for n in waits.live() if n in ids and waits.same_server(n, first)]
             unblocks = [("CLIENT", "UNBLOCK", client_id, "TIMEOUT") for client_id in others]
             if others and waits.send(first, unblocks):
                 for _ in others:
@@ -465,7 +477,6 @@ class Broker:
                         self._refused(exc)  # those waits run to their timeout
         for n in waits.live():
             waits.read_move(n)
-        return [(queues[n], raw) for n, raw in waits.moves()]
 
     def _waiter(self, queue: str) -> Any:
         """The connection that waits for jobs on ``queue`` (fetch_blocking_any)."""
@@ -769,20 +780,29 @@ class _Waits:
         if raw is not None:
             self._moves[n] = raw
 
-    def first_to_answer(self, timeout: float) -> int | None:
+    def first_to_answer(self, deadline: float) -> int | None:
         """A live wait whose reply has come (one already read into a buffer with
-        CLIENT ID's counts), waiting up to ``timeout`` seconds; None if none came."""
-        for n in self.live():
-            if self._guard(n, functools.partial(self.conns[n].can_read, timeout=0)) is not False:
-                return n  # a reply, or a failure for read_move to find
-        live = self.live()
-        if not live:
-            return None
-        with selectors.DefaultSelector() as selector:
-            for n in live:
-                selector.register(self.conns[n]._sock, selectors.EVENT_READ, n)
-            ready = selector.select(timeout)
-        return min((key.data for key, _ in ready), default=None)
+        CLIENT ID's counts), waiting until ``deadline`` (monotonic); None if none
+        came. A connection found failed meanwhile is given up and waiting goes on."""
+        while self._live:
+            for n in self.live():
+                if self._guard(n, functools.partial(self.conns[n].can_read, timeout=0)):
+                    return n
+            live = self.live()  # less those found failed
+            left = deadline - time.monotonic()
+            if not live or left <= 0:
+                return None
+            with selectors.DefaultSelector() as selector:
+                for n in live:
+                    selector.register(self.conns[n]._sock, selectors.EVENT_READ, n)
+                if not selector.select(left):
+                    return None
+        return None
+
+    def same_server(self, n: int, m: int) -> bool:
+        """Whether waits ``n`` and ``m`` are connected to the same server."""
+        a, b = self.conns[n], self.conns[m]
+        return all(getattr(a, k, None) == getattr(b, k, None) for k in ("host", "port", "path"))
 
     def moves(self) -> list[tuple[int, bytes]]:
         """The jobs moved, by wait; raises the first error if no job was moved."""

@@ -198,6 +198,9 @@ def test_only_loopback_host_names_are_served(
         for name, status in [
             (f"evil.example:{port}", 400),
             ("evil.example", 400),
+            ("[::1", 400),
+            ("[::1]evil.example", 400),
+            (f"127.0.0.1:{port}x", 400),
             (f"[::1]:{port}", 200),
             (f"127.0.0.1:{port}", 200),
             ("localhost", 200),
@@ -220,14 +223,31 @@ def test_behind_a_proxy_that_cuts_the_sub_path_off_pages_still_link_under_it(
         conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
         conn.request("GET", "/jobs?id=abc")
         reply = conn.getresponse()
+        reply.read()
         assert (reply.status, reply.getheader("Location")) == (303, "/ops/taskq/jobs/abc")
+        conn.request("GET", "/api/state/")  # Starlette's own redirect keeps it too
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 307
+        assert str(reply.getheader("Location")).endswith("/ops/taskq/api/state")
         conn.close()
 
 
-def test_a_root_path_must_be_a_path() -> None:
-    result = CliRunner().invoke(main, ["dashboard", "--root-path", "taskq"])
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("taskq", "must start with /"),
+        ("//evil.example", "must start with / (and only one)"),
+        ("/a?b", "plain ASCII path"),
+        ("/t\u00e2skq", "plain ASCII path"),
+        ("/jobs", "must not start with /jobs"),
+        ("/api/taskq", "must not start with /api"),
+    ],
+)
+def test_a_root_path_must_be_a_plain_path_of_its_own(root: str, message: str) -> None:
+    result = CliRunner().invoke(main, ["dashboard", "--root-path", root])
     assert result.exit_code == 2
-    assert "'taskq' must start with /" in result.output
+    assert message in result.output
 
 
 def test_unreachable_redis_is_reported_not_fatal(worker_env: dict[str, str]) -> None:

@@ -7,7 +7,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
@@ -646,57 +647,65 @@ def test_an_idle_worker_waits_on_all_its_queues_at_once(app: App, r: redis.Redis
     assert r.keys("taskq:{*}:active:*") == []
 
 
+@contextmanager
+def _waiting_on(
+    app: App, queues: list[str]
+) -> Iterator[tuple[Broker, Callable[[], list[tuple[str, bytes]]]]]:
+    """A broker of its own waiting in a thread (10 s at most) for a job on any of
+    ``queues`` (as worker "w"); yields it and what gives the wait's result."""
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    got: list[list[tuple[str, bytes]]] = []
+    thread = threading.Thread(target=lambda: got.append(broker.fetch_blocking_any(queues, "w", 10)))
+    thread.start()
+
+    def result() -> list[tuple[str, bytes]]:
+        thread.join(15)
+        assert got, "the wait did not end"
+        return got[0]
+
+    try:
+        yield broker, result
+    finally:
+        thread.join(15)
+        broker.close()
+
+
 def test_jobs_reaching_several_waiting_queues_at_once_are_all_taken(
     app: App, r: redis.Redis
 ) -> None:
-    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
-    got: list[list[tuple[str, bytes]]] = []
-    waiting = threading.Thread(
-        target=lambda: got.append(broker.fetch_blocking_any(["a", "b", "c"], "w", 10))
-    )
-    waiting.start()
-    try:
+    with _waiting_on(app, ["a", "b", "c"]) as (broker, result):
         until_blocked(r, 3)
         with r.pipeline(transaction=True) as pipe:  # both served in the same instant
             pipe.lpush(KEYS.queue("c"), b"job-c")
             pipe.lpush(KEYS.queue("a"), b"job-a")
             pipe.execute()
-        waiting.join(10)
-        assert got == [[("a", b"job-a"), ("c", b"job-c")]]  # in the order of the queues
+        assert result() == [("a", b"job-a"), ("c", b"job-c")]  # in the order of the queues
         assert r.lrange(KEYS.active("a", "w"), 0, -1) == [b"job-a"]
         assert r.lrange(KEYS.active("c", "w"), 0, -1) == [b"job-c"]
         assert blocked_moves(r) == 0  # the wait on "b" was ended too
         r.lpush(KEYS.queue("b"), b"job-b")
         assert broker.fetch_blocking_any(["a", "b", "c"], "w", 10) == [("b", b"job-b")]
-    finally:
-        waiting.join(10)
-        broker.close()
 
 
 def test_a_wait_cut_short_on_one_queue_still_gives_the_jobs_of_the_others(
     app: App, r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
-    got: list[list[tuple[str, bytes]]] = []
-    waiting = threading.Thread(
-        target=lambda: got.append(broker.fetch_blocking_any(["a", "b"], "w", 10))
-    )
-    waiting.start()
-    try:
-        until_blocked(r, 2)
+    with _waiting_on(app, ["a", "b", "c"]) as (broker, result):
+        until_blocked(r, 3)
+        r.config_resetstat()
         host, port = broker._waiters["a"]._sock.getsockname()[:2]
         with r.pipeline(transaction=True) as pipe:  # in one instant: a job, a lost wait
             pipe.lpush(KEYS.queue("b"), b"job-b")
             pipe.client_kill_filter(addr=f"{host}:{port}")
             pipe.execute()
-        waiting.join(10)
-        assert got == [[("b", b"job-b")]]
+        assert result() == [("b", b"job-b")]
         assert "lost the wait on a queue" in caplog.text
+        # The wait on "c" was ended at once (by the connection that answered, not
+        # the lost one), not left to its timeout.
+        stats: Any = r.info("commandstats")
+        assert stats["cmdstat_client|unblock"]["calls"] == 1
         r.lpush(KEYS.queue("a"), b"job-a")  # the lost connection is made again
-        assert broker.fetch_blocking_any(["a", "b"], "w", 10) == [("a", b"job-a")]
-    finally:
-        waiting.join(10)
-        broker.close()
+        assert broker.fetch_blocking_any(["a", "b", "c"], "w", 10) == [("a", b"job-a")]
 
 
 def test_waiting_on_several_queues_survives_a_redis_restart() -> None:

@@ -10,6 +10,7 @@ from ..app import App
 from ..cli_common import friendly_errors, setup_logging, url_option
 from ..config import mask_url
 from ..connection import REDIS_ERRORS
+from .web import ROUTE_ROOTS
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +18,19 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _root_path(value: str) -> str:
-    """``--root-path``, checked: "" or "/a/path" (a trailing slash is dropped)."""
+    """``--root-path``, checked: "" or "/a/path" (a trailing slash is dropped), in
+    plain ASCII (uvicorn encodes it so), not starting like one of the dashboard's
+    own routes (a request's path could then not tell which it is)."""
     value = value.rstrip("/")
-    if value and not value.startswith("/"):
-        raise click.BadParameter(f"{value!r} must start with /")
+    if not value:
+        return value
+    if not value.startswith("/") or value.startswith("//"):
+        raise click.BadParameter(f"{value!r} must start with / (and only one)")
+    if not value.isascii() or any(c in value for c in "?#%\\ \t\r\n"):
+        raise click.BadParameter(f"{value!r} must be a plain ASCII path")
+    first = value[1:].partition("/")[0]
+    if first in ROUTE_ROOTS:
+        raise click.BadParameter(f"{value!r} must not start with /{first}, a route of its own")
     return value
 
 

@@ -93,9 +93,9 @@ def button(action: str, label: str, queue: str, dead_id: str | None = None, ask:
 def page(
     title: str, main: str, *, actions: bool, refresh: float, redis: str, base: str = "/"
 ) -> str:
-    """A whole page. Its links are relative to ``base``, the dashboard's root URL
-    path: served under a sub-path (``--root-path``), they still lead home."""
-    """The whole document; ``main`` is what dashboard.js swaps on each refresh."""
+    """The whole document; ``main`` is what dashboard.js swaps on each refresh. Its
+    links are relative to ``base``, the dashboard's root URL path: served under a
+    sub-path (``--root-path``), they still lead home."""
     token = (
         '<label class="token">token <input id="token" type="password" autocomplete="off" '
         'placeholder="needed to retry or purge"></label>'

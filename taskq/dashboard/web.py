@@ -37,6 +37,8 @@ from . import actions, markup, state, views
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-taskq-token"
+#: The first segments of the dashboard's routes (see Dashboard.routes).
+ROUTE_ROOTS = ("jobs", "api", "static", "favicon.ico")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 #: Sent with every response: no inline script may run (so even an escaping slip
@@ -69,9 +71,11 @@ class SecurityHeaders:
 
 
 class UnderRootPath:
-    """Pure ASGI middleware for a dashboard served under a root path (--root-path):
-    a request whose path still starts with it (a proxy that passes the whole path
-    on) is routed as if the proxy had cut it off (as uvicorn expects)."""
+    """Pure ASGI middleware for a dashboard served under a root path (--root-path).
+    uvicorn puts the root path in front of every request's path, as if the proxy
+    had cut it off; a proxy that passes the whole path on makes it appear twice,
+    and once is taken off here. (The root path may not start like a route of the
+    dashboard's own, ROUTE_ROOTS, or the two could not be told apart.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -80,8 +84,9 @@ class UnderRootPath:
         root = scope.get("root_path", "").rstrip("/")
         if root and scope["type"] == "http":
             path = scope["path"]
-            if path == root or path.startswith(root + "/"):
-                scope = {**scope, "path": path[len(root) :] or "/"}
+            twice = root + root
+            if path == twice or path.startswith(twice + "/"):
+                scope = {**scope, "path": path[len(root) :]}
         await self.app(scope, receive, send)
 
 
@@ -95,7 +100,7 @@ class LoopbackHostsOnly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _host_name(scope) not in LOOPBACK_NAMES:
+        if scope["type"] in ("http", "websocket") and _host_name(scope) not in LOOPBACK_NAMES:
             response = Response("Invalid host header", 400, media_type="text/plain")
             await response(scope, receive, send)
             return
@@ -103,11 +108,19 @@ class LoopbackHostsOnly:
 
 
 def _host_name(scope: Scope) -> str:
-    """The name in the request's Host header, without its port or IPv6 brackets."""
+    """The name in the request's Host header, without its port or IPv6 brackets
+    ("" if the header is missing or malformed)."""
     host = Headers(scope=scope).get("host", "")
     if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.partition(":")[0]
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket:
+            return ""
+    else:
+        name, colon, port = host.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return ""
+    return name
 
 
 def _static(name: str) -> bytes:
@@ -232,13 +245,20 @@ class Dashboard:
     async def redis_down(self, request: Request, exc: Exception) -> Response:
         log.warning("redis error serving %s: %s", request.url.path, exc)
         message = f"Redis at {self.redis}: {exc}"
-        if request.url.path.startswith("/api/"):
+        if _route_path(request).startswith("/api/"):
             return JSONResponse({"ok": False, "message": message}, 503)
         return self._html(request, "taskq: Redis unreachable", views.unreachable(message), 503)
 
 
 def _reply(ok: bool, message: str, status: int) -> Response:
     return JSONResponse({"ok": ok, "message": message}, status)
+
+
+def _route_path(request: Request) -> str:
+    """The request's path below the root path (what the routes match)."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _root(request: Request) -> str:
