@@ -431,15 +431,10 @@ class Broker:
                     return [(queue, one)]
             return []
         conns = [self._waiter(queue) for queue in queues]
+        waits = _Waits(conns)
         try:
             for conn in conns:  # all before any wait starts: a failure moves no job
                 ensure_connected(conn)
-        except BaseException:
-            for conn in conns:
-                conn.disconnect()
-            raise
-        waits = _Waits(conns)
-        try:
             self._wait_any(waits, queues, worker, timeout)
         except BaseException:
             for conn in conns:  # replies may be left unread: never reuse them as they are
@@ -741,8 +736,8 @@ class _Waits:
         self._error = self._error or exc
 
     def _guard(self, n: int, call: Callable[[], T]) -> T | None:
-        """``call()`` on wait ``n``; a connection error gives that wait up (None),
-        anything else but a refusal gives up every wait and goes on up."""
+        """``call()`` on wait ``n``; a connection error gives that wait up (None);
+        anything else (a refusal, say) goes on up."""
         try:
             return call()
         except redis.ResponseError:
@@ -750,10 +745,6 @@ class _Waits:
         except (redis.RedisError, OSError) as exc:
             self._lost(n, exc)
             return None
-        except BaseException:
-            for conn in self.conns:
-                conn.disconnect()
-            raise
 
     def send(self, n: int, commands: list[tuple[Any, ...]]) -> bool:
         conn = self.conns[n]
