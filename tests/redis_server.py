@@ -74,22 +74,12 @@ class RedisServer:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    if self.proc is not None and self.proc.poll() is not None:
-                        log = self.dir / "redis.log"
-                        raise RuntimeError(f"redis-server exited: see {log}") from None
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)  # polling a starting server, not synchronising tests
-        finally:
-            client.close()
+        def ready(client: redis.Redis) -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.dir / 'redis.log'}")
+            return bool(client.ping())
+
+        wait_until(self.port, ready, "ready", timeout, password=self.password)
 
     def kill(self) -> None:
         """SIGKILL the server (it loses what it did not write to its AOF)."""
@@ -199,11 +189,18 @@ class RedisCluster:
 
 
 def wait_until(
-    port: int, ready: Callable[[redis.Redis], bool], what: str, timeout: float = 30
+    port: int,
+    ready: Callable[[redis.Redis], bool],
+    what: str,
+    timeout: float = 30,
+    password: str | None = None,
 ) -> None:
     """Ask the server on ``port`` until ``ready(client)`` holds: a server starting,
-    or what only it can tell (a sentinel's failover done). Raises after ``timeout``."""
-    client = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=0.5)
+    or what only it can tell (a sentinel's failover done). Raises after ``timeout``;
+    ``ready`` may raise to give up at once."""
+    client = redis.Redis(
+        port=port, password=password, decode_responses=True, socket_connect_timeout=0.5
+    )
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -214,7 +211,7 @@ def wait_until(
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"port {port}: not {what} within {timeout}s")
-            time.sleep(0.05)  # asking again a server that cannot notify, within a deadline
+            time.sleep(0.02)  # asking again a server that cannot notify, within a deadline
     finally:
         client.close()
 
