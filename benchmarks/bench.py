@@ -56,7 +56,7 @@ class Config:
     noop_concurrency: int = 10
     sleep_jobs: int = 5_000
     sleep_concurrency: int = 100
-    single_jobs: int = 2_000
+    single_jobs: int = 10_000
     latency_jobs: int = 100
     idle_seconds: float = 5.0
     soak_jobs: int = 100_000

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The working tree's taskq, not the copy run.sh last installed into the venv.
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from bench import redis_server  # noqa: E402  (needs HERE on sys.path)
 

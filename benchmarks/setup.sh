@@ -23,7 +23,9 @@ done
 # name -> pip requirements. "harness" runs the orchestrator and draws the chart.
 declare -A reqs=(
     [harness]="redis hiredis matplotlib"
-    [taskq]="-e $root"
+    # taskq's own dependencies, and what builds it: run.sh installs taskq itself into
+    # this venv at each run (a copy of the tree as it is then, not a link to it).
+    [taskq]="$root setuptools>=77"
     [saq]="saq[redis,hiredis] typing_extensions"  # saq imports it without declaring it
     [arq]="arq hiredis"
     [taskiq]="taskiq taskiq-redis hiredis"
