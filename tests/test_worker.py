@@ -21,7 +21,7 @@ from redis.retry import Retry
 import taskq
 from taskq import App, JobFailed, Worker, payload
 from taskq.abroker import AsyncBroker
-from taskq.broker import PUSH_BATCH, Broker
+from taskq.broker import PUSH_BATCH, Broker, own_connection
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
@@ -706,6 +706,63 @@ def test_a_wait_cut_short_on_one_queue_still_gives_the_jobs_of_the_others(
         assert stats["cmdstat_client|unblock"]["calls"] == 1
         r.lpush(KEYS.queue("a"), b"job-a")  # the lost connection is made again
         assert broker.fetch_blocking_any(["a", "b", "c"], "w", 10) == [("a", b"job-a")]
+
+
+def test_a_wait_on_another_server_is_not_ended_with_this_servers_ids(
+    app: App, r: redis.Redis
+) -> None:
+    # As after a failover: the wait on "b" is on a server the others are not. Client
+    # ids are per server: its id sent to this one could end some other client's wait.
+    other = RedisServer()
+    other.start()
+    o = redis.Redis.from_url(other.url)
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    broker._waiters["b"] = own_connection(redis.Redis.from_url(other.url).connection_pool)
+    got: list[list[tuple[str, bytes]]] = []
+    thread = threading.Thread(
+        target=lambda: got.append(broker.fetch_blocking_any(["a", "b"], "w", 1))
+    )
+    try:
+        thread.start()
+        until_blocked(r, 1)
+        until_blocked(o, 1)
+        r.config_resetstat()
+        r.lpush(KEYS.queue("a"), b"job-a")
+        thread.join(10)
+        assert got == [[("a", b"job-a")]]
+        for server in (r, o):
+            assert "cmdstat_client|unblock" not in server.info("commandstats")
+    finally:
+        thread.join(10)
+        broker.close()
+        o.close()
+        other.kill()
+
+
+def test_an_exception_during_a_wait_on_several_queues_leaves_no_wait_behind(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl+C in the master while it waits, say: the BLMOVEs sent must not go on
+    # waiting in Redis (a job would be moved with nobody to read it), nor their
+    # replies be read later as the answers to other commands.
+    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+
+    def interrupted(self: Any, deadline: float) -> int | None:
+        until_blocked(r, 2)
+        raise KeyboardInterrupt
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr("taskq.broker._Waits.first_to_answer", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                broker.fetch_blocking_any(["a", "b"], "w", 60)
+        until_blocked(r, 0)  # at once, not in 60 s
+        r.lpush(KEYS.queue("b"), b"job-b")
+        assert r.lrange(KEYS.active("b", "w"), 0, -1) == []
+        assert broker.fetch_blocking_any(["a", "b"], "w", 10) == [("b", b"job-b")]
+        assert r.lrange(KEYS.active("b", "w"), 0, -1) == [b"job-b"]
+    finally:
+        broker.close()
 
 
 def test_waiting_on_several_queues_survives_a_redis_restart() -> None:
