@@ -83,16 +83,19 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     """``w`` as the commands the brokers send straight on one connection to one
     Redis, in its phase order, all or nothing: a command Redis refuses (out of
     memory, say) must not leave a job out of its active list with its outcome
-    unstored. Several commands go as one APPLY script call (one reply to read); with
-    scripts of their own, or too many arguments for Lua, as one transaction. Scripts
-    go as EVAL: an EVALSHA refused with NOSCRIPT would abort the transaction."""
+    unstored. Jobs done (the worker's batches) go with the commands around them as
+    one APPLY script call: three commands a job in one reply, read on the loop
+    thread. Anything else (a push, say) goes as one transaction, which Redis runs in
+    about half a script call's time; so do writes with scripts of their own, or with
+    too many arguments for Lua. Scripts go as EVAL: an EVALSHA refused with NOSCRIPT
+    would abort the transaction."""
     if not w.scripts:
         # "done" rows go to APPLY as their values alone (see Writes.done).
         commands = w.records + w.queue_commands(done=False)
         if len(commands) == 1 and not w.done:
             name, key, args = commands[0]
             return [(name, key, *args)]
-        if all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
+        if w.done and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
             keys: dict[str, int] = {}
             argv: list[Any] = []
             for name, key, args in commands:

@@ -412,10 +412,15 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
         for apply in appliers:
             with pytest.raises(redis.ResponseError, match="maxmemory"):
                 apply()
+        # Nor may a push leave a record without its job, or the reverse.
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            tasks.add.push(5, 6)
     finally:
         r.config_set("maxmemory", 0)
     assert r.lrange(active, 0, -1) == [raw]
     assert r.exists(KEYS.job(payload.id), KEYS.delayed("default")) == 0
+    assert r.keys(KEYS.job("*")) == []
+    assert r.llen(KEYS.queue("default")) == 0
     app.broker.apply(done)  # and once Redis has room, it goes through
     assert r.llen(active) == 0
     assert r.hget(KEYS.job(payload.id), "status") == b"done"
