@@ -85,10 +85,11 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     memory, say) must not leave a job out of its active list with its outcome
     unstored. Jobs done (the worker's batches) go with the commands around them as
     one APPLY script call: three commands a job in one reply, read on the loop
-    thread. Anything else (a push, say) goes as one transaction, which Redis runs in
-    about half a script call's time; so do writes with scripts of their own, or with
-    too many arguments for Lua. Scripts go as EVAL: an EVALSHA refused with NOSCRIPT
-    would abort the transaction."""
+    thread. Other writes of several commands (a push, say) go as one transaction,
+    which Redis runs in about half a script call's time; so do writes with scripts of
+    their own, or with too many arguments for Lua. A single command goes alone.
+    Scripts go as EVAL: an EVALSHA refused with NOSCRIPT would abort the
+    transaction."""
     if not w.scripts:
         # "done" rows go to APPLY as their values alone (see Writes.done).
         commands = w.records + w.queue_commands(done=False)
@@ -287,24 +288,31 @@ class Broker:
     @staticmethod
     def _send_and_read(conn: Any, batches: Iterable[Writes]) -> None:
         """Send each batch's commands (:func:`raw_commands`) in one write, then read
-        every reply. A command that fails does not stop those after it; the first
-        error is raised. Straight on one connection: redis-py's per-command
-        machinery costs more than Redis takes to run a push."""
+        the replies of the batch before: Redis applies a batch while the next is
+        built, and holds the replies of two at most. A command that fails does not
+        stop those after it; the first error is raised. Straight on one connection:
+        redis-py's per-command machinery costs more than Redis takes to run a push."""
         ensure_connected(conn)
-        sent = 0
+        errors: list[Exception] = []
+        unread = 0
         for w in batches:
             commands = raw_commands(w)
             # No health check: its PING would be answered after replies still unread.
             conn.send_packed_command(pack(conn, commands), check_health=False)
-            sent += len(commands)
-        errors = []
-        for _ in range(sent):
+            Broker._read_replies(conn, unread, errors)
+            unread = len(commands)
+        Broker._read_replies(conn, unread, errors)
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _read_replies(conn: Any, count: int, errors: list[Exception]) -> None:
+        """Read ``count`` replies, adding the errors among them to ``errors``."""
+        for _ in range(count):
             try:
                 errors += reply_errors(conn.read_response())
             except redis.ResponseError as exc:
                 errors.append(exc)
-        if errors:
-            raise errors[0]
 
     # -- producers -------------------------------------------------------------------
     def push(

@@ -21,7 +21,7 @@ from redis.retry import Retry
 import taskq
 from taskq import App, JobFailed, Worker, payload
 from taskq.abroker import AsyncBroker
-from taskq.broker import PUSH_BATCH, Broker, own_connection
+from taskq.broker import PUSH_BATCH, Broker, own_connection, raw_commands
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
@@ -382,6 +382,38 @@ def test_a_streamed_bulk_push_sends_no_health_check_between_batches(
     broker.push("default", jobs)
     assert r.llen(KEYS.queue("default")) == len(jobs)
     broker.client.close()
+
+
+def test_a_streamed_bulk_push_reads_replies_as_it_goes(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read only at the end, the replies of a push of millions of jobs (a QUEUED a
+    # command, then EXEC's array: ~26 kB for PUSH_BATCH jobs) would pile up in Redis.
+    read = 0
+    real_read = redis.connection.Connection.read_response
+
+    def counted(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> Any:
+        nonlocal read
+        read += 1
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", counted)
+    replies: list[int] = []  # of each batch
+    unread: list[int] = []  # when each batch is built
+
+    def batches() -> Iterator[Writes]:
+        before = read  # the connection's handshake
+        for k in range(5):
+            jobs = [tasks.add.payload((k, i), {}) for i in range(100)]
+            w = app.broker.writes.push("default", jobs)
+            unread.append(sum(replies) - (read - before))
+            replies.append(len(raw_commands(w)))
+            yield w
+
+    app.broker._apply_streamed(batches())
+    assert r.llen(KEYS.queue("default")) == 500
+    # Sent, read the batch before, built the next: one batch's replies unread at most.
+    assert unread == [0, *replies[:-1]]
 
 
 def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
