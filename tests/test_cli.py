@@ -446,3 +446,12 @@ def test_demo_runs_without_redis(worker_env: dict[str, str]) -> None:
     assert "results: ['Done', 'Done', 'Finished more work 0.1']" in out.stdout.splitlines()
     assert re.search(r"^3 jobs finished in \d+\.\d\ds", out.stdout, re.MULTILINE)
     assert "Traceback" not in out.stderr
+
+
+def test_the_taskq_command_loads_no_optional_stack_it_does_not_use() -> None:
+    # Every `taskq push` and `taskq worker` would pay for them at start-up (the web
+    # stack alone took ~30 ms): each is imported where it is used.
+    heavy = ("starlette", "uvicorn", "prometheus_client", "croniter", "fakeredis")
+    code = f"import sys, taskq.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

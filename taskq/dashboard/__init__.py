@@ -9,3 +9,9 @@ render, :mod:`.actions` changes dead letters, :mod:`.web` is the ASGI app,
 ``taskq.dashboard.web.create_app(app, token=...)``. Nothing is imported here, so
 the ``taskq`` command does not load the web stack unless it serves the dashboard.
 """
+
+#: The first segments of the dashboard's routes (see web.Dashboard.routes).
+ROUTE_ROOTS = ("jobs", "api", "static", "favicon.ico")
+#: The host names of loopback addresses: a dashboard bound there is reached only by
+#: this machine (and guarded against DNS rebinding, see web.LoopbackHostsOnly).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")

@@ -10,11 +10,9 @@ from ..app import App
 from ..cli_common import friendly_errors, setup_logging, url_option
 from ..config import mask_url
 from ..connection import REDIS_ERRORS
-from .web import ROUTE_ROOTS
+from . import LOOPBACK_NAMES, ROUTE_ROOTS
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _root_path(value: str) -> str:
@@ -109,7 +107,7 @@ def dashboard(
         app.broker.client.ping()
     except REDIS_ERRORS as exc:  # serve anyway: the page says so until Redis is back
         log.warning("Redis at %s is unreachable for now: %s", url, exc)
-    if host not in LOOPBACK:
+    if host not in LOOPBACK_NAMES:
         log.warning(
             "listening on %s: anyone who can reach it can read job arguments and results%s",
             host,

@@ -32,14 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..app import App
 from ..config import mask_url
 from ..connection import REDIS_ERRORS
-from . import actions, markup, state, views
+from . import LOOPBACK_NAMES, actions, markup, state, views
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-taskq-token"
-#: The first segments of the dashboard's routes (see Dashboard.routes).
-ROUTE_ROOTS = ("jobs", "api", "static", "favicon.ico")
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 #: Sent with every response: no inline script may run (so even an escaping slip
 #: cannot execute), no framing, no referrer leaking job ids.
