@@ -77,12 +77,18 @@ class Writes:
         counters[key, name] = counters.get((key, name), 0) + n
 
     def merge(self, other: Writes) -> Writes:
-        self.records += other.records
-        self.queue += other.queue
-        self.scripts += other.scripts
-        self.done += other.done
-        for (key, name), n in other.counters.items():
-            self.count(key, name, n)
+        # (Each list only if it has something: most jobs' writes are one done row.)
+        if other.records:
+            self.records += other.records
+        if other.queue:
+            self.queue += other.queue
+        if other.scripts:
+            self.scripts += other.scripts
+        if other.done:
+            self.done += other.done
+        counters = self.counters
+        for key, n in other.counters.items():
+            counters[key] = counters.get(key, 0) + n
         return self
 
     def record_commands(self) -> list[Command]:
