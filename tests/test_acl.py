@@ -16,6 +16,7 @@ import redis
 from click.testing import CliRunner
 
 import taskq
+from taskq import JobFailed
 from taskq.cli import main
 
 from . import tasks
@@ -60,6 +61,10 @@ def test_the_readme_user_reaches_only_taskq_keys(acl_url: str) -> None:
             client.get("someone-else:key")
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.config_get("dir")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.script_flush()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.function_flush()
         client.set("taskq:mine", 1)  # and what is its own, it may write
     finally:
         client.close()
@@ -109,11 +114,15 @@ def test_producers_workers_and_commands_need_nothing_more(
         assert cli.invoke(main, ["dead", "--json"], env=env).output == ""
 
         # An idle worker on two queues waits on both at once; a delayed job is moved
-        # onto its queue when due.
+        # onto its queue when due, and so are retries.
         with worker_thread(app, queues=("default", "other")):
             late = tasks.add.options(delay=0.1).push(6, 6)
             assert late.result(timeout=5) == 12
             assert taskq_result(cli, env, late.id) == "12"
+            retrying = tasks.only_key_errors_retry.push("KeyError")
+            with pytest.raises(JobFailed, match="KeyError"):
+                retrying.result(timeout=10)
+            assert retrying.info().attempts == 6
         assert "CLIENT is refused" not in caplog.text
     assert r.keys("taskq:{*}:active:*") == []
 
