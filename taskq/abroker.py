@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from . import scripts
 from .broker import (
+    PROMOTE_BATCH,
     PUSH_BATCH,
     fields_of,
     is_cluster,
@@ -130,6 +131,13 @@ class AsyncBroker:
     ) -> None:
         for start in range(0, len(jobs), PUSH_BATCH):
             await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
+
+    async def promote(self, queue: str, now: float) -> tuple[int, float | None]:
+        """See :meth:`taskq.broker.Broker.promote`."""
+        moved, next_due = await self._script(scripts.PROMOTE)(
+            keys=[self.keys.delayed(queue), self.keys.queue(queue)], args=[repr(now), PROMOTE_BATCH]
+        )
+        return int(moved), float(next_due) if next_due else None
 
     async def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """See :meth:`taskq.broker.Broker.push_unique`."""

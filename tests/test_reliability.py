@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +16,7 @@ import taskq
 from taskq import App
 from taskq.broker import Broker
 from taskq.keys import Keys
+from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
 
 from . import tasks
@@ -162,6 +165,59 @@ def test_retry_on_restricts_which_errors_retry(app: App) -> None:
         with pytest.raises(taskq.JobFailed):
             not_retried.result(timeout=10)
     assert (retried.info().attempts, not_retried.info().attempts) == (6, 1)
+
+
+def test_a_retry_due_soon_runs_while_the_master_blocks(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A master that blocks 3 s in Redis: a retry 10 ms later must still run then, not
+    # when the master next looks at the delayed set (five of them: about 15 s).
+    monkeypatch.setattr("taskq.worker.master.BLOCK_SECONDS", 3.0)
+    monkeypatch.setattr("taskq.worker.master.ABORT_POLL", 3.0)
+    job = tasks.only_key_errors_retry.push("KeyError")  # 5 retries, 10 ms apart
+    with worker_thread(app) as worker:
+        with pytest.raises(taskq.JobFailed, match="KeyError"):
+            job.result(timeout=8)
+        assert worker.stats.retried == 5
+    assert job.info().attempts == 6
+
+
+def test_retries_due_together_are_moved_together(app: App, r: redis.Redis) -> None:
+    # A hundred retries stored at once, due in 20 ms, and one due in 5 s (the
+    # master's): one move for the hundred, none for the late one.
+    moves: list[float] = []
+
+    async def main() -> None:
+        broker = app.abroker()
+        real = broker.promote
+        moved = asyncio.Event()
+
+        async def counted(queue: str, now: float) -> tuple[int, float | None]:
+            moves.append(now)
+            try:
+                return await real(queue, now)
+            finally:
+                moved.set()
+
+        broker.promote = counted  # type: ignore[method-assign]
+        promoter = RetryPromoter(broker)
+        due = time.time() + 0.02
+        retries = [(due, tasks.add.payload((i, i), {})[1]) for i in range(100)]
+        late = tasks.add.payload((0, 0), {})[1]
+        r.zadd(KEYS.delayed("default"), {raw: when for when, raw in retries} | {late: due + 5})
+        for when, _ in retries:
+            promoter.due("default", when)
+        promoter.due("default", due + 5)
+        await asyncio.wait_for(moved.wait(), 5)
+        await asyncio.sleep(0)  # the move's own end
+        assert not promoter._timers  # and no other move to come
+        await promoter.aclose()
+        await app.aclose()
+
+    asyncio.run(main())
+    assert len(moves) == 1
+    assert r.llen(KEYS.queue("default")) == 100
+    assert r.zcard(KEYS.delayed("default")) == 1
 
 
 def test_raise_retry_runs_again(app: App) -> None:

@@ -18,6 +18,7 @@ from ..retry import Retry
 from ..writes import Outcome, Writes, dead_entry
 from .batcher import WriteAbandoned, WriteBatcher
 from .executor import DaemonExecutor
+from .promoter import RetryPromoter
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -141,6 +142,7 @@ class JobRunner:
         self.writes = broker.writes
         self.metrics = metrics
         self.batcher = WriteBatcher(broker, metrics)
+        self.promoter = RetryPromoter(broker)
         # Made on the loop it serves. Kept: looking the running loop up costs a getpid()
         # system call each time, and it was looked up several times a job.
         self._loop = asyncio.get_running_loop()
@@ -192,6 +194,7 @@ class JobRunner:
                 timer.cancel()
         if not await self.batcher.drain(timeout):
             log.error("some job writes could not be stored: those jobs run again")
+        await self.promoter.aclose()  # after the last retries are stored
         await self.broker.aclose()
 
     async def run_batch(self, queue: str, raws: list[bytes]) -> None:
@@ -304,6 +307,8 @@ class JobRunner:
                     result.status != "done" or log.isEnabledFor(logging.INFO)
                 ):
                     self._log(result.payload, result.outcome, result.run_time, result.attempt)
+                if result.status == "scheduled" and result.outcome.due is not None:
+                    self.promoter.due(queue, result.outcome.due)  # a retry
                 on_done(result.status)
                 return
             if not isinstance(exc, WriteAbandoned):
