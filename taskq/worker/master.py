@@ -266,6 +266,7 @@ class Worker:
             self._job_done,
             self.metrics,
             ahead=None if self.prefetch is not None else self._prefetched,
+            promote_within=BLOCK_SECONDS,  # the longest the master may not look
         )
 
     def _start_metrics(self) -> MetricsServer | None:

@@ -6,8 +6,10 @@ while busy, and after each blocking wait. An idle master blocks in Redis for up 
 second (master.BLOCK_SECONDS) and learns of a retry stored meanwhile only when that
 wait ends, so a retry after 10 ms could wait up to a second. A retry due that soon is
 therefore also moved by the loop that stored it, when it falls due; the job then
-lands on the queue the master is waiting on. Moving is atomic in Redis (each job
-once, whoever moves it), so the master and the loop may both try.
+lands on the queue the master is waiting on. A move takes every job of the queue's
+delayed set that is due (others' retries and delayed pushes too), and the loop goes
+on with the next one due soon. Moving is atomic in Redis (each job once, whoever
+moves it), so the master, the loop and other workers may all try.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from ..abroker import AsyncBroker
 
 log = logging.getLogger(__name__)
 
-#: Retries due within this many seconds are moved by the loop; the master moves later
-#: ones on time itself.
-SOON = 1.0
 #: Moves of one queue's retries, at most once per this many seconds.
 GAP = 0.005
 
@@ -30,8 +29,11 @@ GAP = 0.005
 class RetryPromoter:
     """On the loop thread: :meth:`due` for each retry stored, :meth:`aclose` at the end."""
 
-    def __init__(self, broker: AsyncBroker) -> None:
+    def __init__(self, broker: AsyncBroker, soon: float = 1.0) -> None:
         self.broker = broker
+        #: Retries due within this many seconds are moved here: the longest the master
+        #: may go without looking (its blocking wait); it moves later ones on time.
+        self.soon = soon
         self._loop = asyncio.get_running_loop()
         # Per queue: the move to come (when, its timer); a move under way (its task);
         # the earliest retry stored while one was under way; when the last one ended.
@@ -44,7 +46,7 @@ class RetryPromoter:
     def due(self, queue: str, when: float) -> None:
         """A retry of ``queue`` is stored, due at ``when`` (epoch seconds)."""
         now = time.time()
-        if when - now > SOON or self._closed:
+        if when - now > self.soon or self._closed:
             return
         if queue in self._moving:  # looked at again once that move is over
             self._again[queue] = min(self._again.get(queue, when), when)

@@ -130,6 +130,7 @@ class JobRunner:
         on_done: Done,
         metrics: Metrics | None = None,
         ahead: Ahead | None = None,
+        promote_within: float = 1.0,
     ) -> None:
         self.app = app
         self.on_ran = on_ran
@@ -142,7 +143,7 @@ class JobRunner:
         self.writes = broker.writes
         self.metrics = metrics
         self.batcher = WriteBatcher(broker, metrics)
-        self.promoter = RetryPromoter(broker)
+        self.promoter = RetryPromoter(broker, promote_within)
         # Made on the loop it serves. Kept: looking the running loop up costs a getpid()
         # system call each time, and it was looked up several times a job.
         self._loop = asyncio.get_running_loop()
@@ -307,9 +308,9 @@ class JobRunner:
                     result.status != "done" or log.isEnabledFor(logging.INFO)
                 ):
                     self._log(result.payload, result.outcome, result.run_time, result.attempt)
+                on_done(result.status)
                 if result.status == "scheduled" and result.outcome.due is not None:
                     self.promoter.due(queue, result.outcome.due)  # a retry
-                on_done(result.status)
                 return
             if not isinstance(exc, WriteAbandoned):
                 log.error("could not store a job's outcome, it will run again: %r", exc)
