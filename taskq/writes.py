@@ -86,9 +86,8 @@ class Writes:
             self.scripts += other.scripts
         if other.done:
             self.done += other.done
-        counters = self.counters
-        for key, n in other.counters.items():
-            counters[key] = counters.get(key, 0) + n
+        for (key, name), n in other.counters.items():
+            self.count(key, name, n)
         return self
 
     def record_commands(self) -> list[Command]:

@@ -32,7 +32,7 @@ from taskq.writes import Outcome, Writes
 
 from . import tasks
 from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
-from .redis_server import RedisServer
+from .redis_server import RedisServer, running
 
 KEYS = Keys()
 
@@ -686,24 +686,28 @@ def test_an_idle_worker_waits_on_all_its_queues_at_once(app: App, r: redis.Redis
 
 @contextmanager
 def _waiting_on(
-    app: App, queues: list[str]
+    app: App, queues: list[str], timeout: float = 10, waiters: dict[str, Any] | None = None
 ) -> Iterator[tuple[Broker, Callable[[], list[tuple[str, bytes]]]]]:
-    """A broker of its own waiting in a thread (10 s at most) for a job on any of
-    ``queues`` (as worker "w"); yields it and what gives the wait's result."""
+    """A broker of its own waiting in a thread (``timeout`` s at most) for a job on any
+    of ``queues`` (as worker "w"), on the connections ``waiters`` gives for some of
+    them; yields it and what gives the wait's result."""
     broker = Broker(redis.Redis.from_url(app.settings.redis_url))
+    broker._waiters.update(waiters or {})
     got: list[list[tuple[str, bytes]]] = []
-    thread = threading.Thread(target=lambda: got.append(broker.fetch_blocking_any(queues, "w", 10)))
+    thread = threading.Thread(
+        target=lambda: got.append(broker.fetch_blocking_any(queues, "w", timeout))
+    )
     thread.start()
 
     def result() -> list[tuple[str, bytes]]:
-        thread.join(15)
+        thread.join(timeout + 5)
         assert got, "the wait did not end"
         return got[0]
 
     try:
         yield broker, result
     finally:
-        thread.join(15)
+        thread.join(timeout + 5)
         broker.close()
 
 
@@ -750,30 +754,18 @@ def test_a_wait_on_another_server_is_not_ended_with_this_servers_ids(
 ) -> None:
     # As after a failover: the wait on "b" is on a server the others are not. Client
     # ids are per server: its id sent to this one could end some other client's wait.
-    other = RedisServer()
-    other.start()
-    o = redis.Redis.from_url(other.url)
-    broker = Broker(redis.Redis.from_url(app.settings.redis_url))
-    broker._waiters["b"] = own_connection(redis.Redis.from_url(other.url).connection_pool)
-    got: list[list[tuple[str, bytes]]] = []
-    thread = threading.Thread(
-        target=lambda: got.append(broker.fetch_blocking_any(["a", "b"], "w", 1))
-    )
-    try:
-        thread.start()
-        until_blocked(r, 1)
-        until_blocked(o, 1)
-        r.config_resetstat()
-        r.lpush(KEYS.queue("a"), b"job-a")
-        thread.join(10)
-        assert got == [[("a", b"job-a")]]
+    with running(RedisServer()) as other:
+        o = redis.Redis.from_url(other.url)
+        elsewhere = {"b": own_connection(o.connection_pool)}
+        with _waiting_on(app, ["a", "b"], timeout=1, waiters=elsewhere) as (_, result):
+            until_blocked(r, 1)
+            until_blocked(o, 1)
+            r.config_resetstat()
+            r.lpush(KEYS.queue("a"), b"job-a")
+            assert result() == [("a", b"job-a")]
         for server in (r, o):
             assert "cmdstat_client|unblock" not in server.info("commandstats")
-    finally:
-        thread.join(10)
-        broker.close()
         o.close()
-        other.kill()
 
 
 def test_an_exception_during_a_wait_on_several_queues_leaves_no_wait_behind(
