@@ -372,6 +372,36 @@ def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
     assert [type(e) for e in told] == [WriteAbandoned, WriteAbandoned]
 
 
+def test_a_jobs_writes_stay_in_order_across_batches(app: App, r: redis.Redis) -> None:
+    # A batch ends at the first write with scripts (a retry): a job done as a bare row
+    # after it goes in the next batch, after its own start, never ahead of it.
+    (x, raw_x), (y, raw_y) = tasks.add.payload((1, 2), {}), tasks.add.payload((3, 4), {})
+    r.lpush(KEYS.active("default", "w1"), raw_x, raw_y)
+    builder = app.broker.writes
+    now = time.time()
+    retry = builder.finish("default", "w1", raw_y, y, Outcome("scheduled", due=now + 60))
+    start = builder.start("default", "w1", x, now)
+    done = builder.done("default", "w1", raw_x, x, "3", None, now)
+    assert retry.scripts
+    assert done is not None
+
+    async def submit() -> list[BaseException | None]:
+        broker = app.abroker()
+        batcher = WriteBatcher(broker)
+        told: list[BaseException | None] = []
+        for writes in (retry, start, done):
+            batcher.submit(writes, told.append)
+        assert await batcher.drain(5)
+        await broker.aclose()
+        return told
+
+    assert asyncio.run(submit()) == [None] * 3
+    assert r.hget(KEYS.job(x.id), "status") == b"done"
+    assert r.hget(KEYS.stats("default"), "done") == b"1"
+    assert r.llen(KEYS.active("default", "w1")) == 0
+    assert r.zcard(KEYS.delayed("default")) == 1
+
+
 def test_a_streamed_bulk_push_sends_no_health_check_between_batches(
     redis_url: str, r: redis.Redis
 ) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from ..abroker import AsyncBroker
-from ..writes import Writes, take_batch
+from ..writes import JobDone, Writes, take_batch
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -56,11 +56,11 @@ class WriteBatcher:
     def __init__(self, broker: AsyncBroker, metrics: Metrics | None = None) -> None:
         self.broker = broker
         self.metrics = metrics
-        self._pending: list[tuple[Writes, Stored | None]] = []
+        self._pending: list[tuple[Writes | JobDone, Stored | None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()  # made on the loop it serves
 
-    def submit(self, writes: Writes, stored: Stored | None = None) -> None:
+    def submit(self, writes: Writes | JobDone, stored: Stored | None = None) -> None:
         """Queue ``writes`` (they stay ordered with the rest); ``stored`` is called on
         the loop once Redis has them, or with the error if Redis refused them."""
         self._pending.append((writes, stored))
@@ -87,7 +87,11 @@ class WriteBatcher:
         del self._pending[:n]
         merged = Writes()
         for writes, _ in batch:
-            merged.merge(writes)
+            if isinstance(writes, Writes):
+                merged.merge(writes)
+            else:  # most of a busy worker's: a job done, no Writes made for it
+                merged.done.append(writes[0])
+                merged.count(writes[1], "done")
         try:
             await self._apply(merged)
         except Exception as exc:  # a refused command: tell these jobs, go on
@@ -130,7 +134,7 @@ class WriteBatcher:
         return not self._pending
 
 
-def _tell(batch: list[tuple[Writes, Stored | None]], error: BaseException | None) -> None:
+def _tell(batch: list[tuple[Writes | JobDone, Stored | None]], error: BaseException | None) -> None:
     """Call the callbacks of ``batch`` with how its writes went."""
     for _, stored in batch:
         if stored is not None:

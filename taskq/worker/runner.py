@@ -15,7 +15,7 @@ from ..abroker import AsyncBroker
 from ..app import App, Task
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
-from ..writes import Outcome, Writes, dead_entry
+from ..writes import JobDone, Outcome, Writes, dead_entry
 from .batcher import WriteAbandoned, WriteBatcher
 from .executor import DaemonExecutor
 from .promoter import RetryPromoter
@@ -62,7 +62,7 @@ class _Ended:
     def __init__(
         self,
         status: str,
-        writes: Writes,
+        writes: Writes | JobDone,
         run: tuple[Payload, Outcome, int, float] | None = None,
     ) -> None:
         self.status = status
@@ -279,7 +279,7 @@ class JobRunner:
         assert me is not None
         ended: _Ended | None = None
         try:
-            ended = await self._run(queue, raw)
+            ended = await self._run(queue, raw, me)
         except Exception as exc:
             log.exception("error running a job, it will run again: %r", exc)
         except asyncio.CancelledError:
@@ -318,7 +318,7 @@ class JobRunner:
 
         self.batcher.submit(ended.writes, stored)
 
-    async def _run(self, queue: str, raw: bytes) -> _Ended:
+    async def _run(self, queue: str, raw: bytes, me: asyncio.Task[Any]) -> _Ended:
         """Run the job; return how it ended."""
         try:
             payload, missing_id = decode(raw)
@@ -351,7 +351,7 @@ class JobRunner:
         if self.metrics:
             self.metrics.job_started(payload.task, payload.enqueued_at)
         try:
-            outcome = await self._outcome_or_abort(task, payload, attempt)
+            outcome = await self._outcome_or_abort(task, payload, attempt, me)
         except BaseException:
             self._unrecorded.pop(running, None)
             if self.metrics:  # cancelled by a shutdown: put back, not finished
@@ -363,11 +363,16 @@ class JobRunner:
         if self.metrics:
             self.metrics.job_ended(payload.task, outcome.status, run_time)
         # Ended before its start was stored: the outcome stores both at once.
-        quick = not running.start_stored
-        writes = self.writes.finish(
-            queue, self.worker_id, raw, payload, outcome, started_at if quick else None, ended_at
-        )
-        return _Ended(outcome.status, writes, (payload, outcome, attempt, run_time))
+        started = None if running.start_stored else started_at
+        run = (payload, outcome, attempt, run_time)
+        if outcome.status == "done":
+            done = self.writes.done(
+                queue, self.worker_id, raw, payload, outcome.result, started, ended_at
+            )
+            if done is not None:
+                return _Ended("done", done, run)
+        writes = self.writes.finish(queue, self.worker_id, raw, payload, outcome, started, ended_at)
+        return _Ended(outcome.status, writes, run)
 
     def _store_starts(self) -> None:
         """Store the start of every job running for START_RECORD_DELAY or more; come
@@ -388,7 +393,7 @@ class JobRunner:
             self._sweep = self._loop.call_later(wait, self._store_starts)
 
     async def _outcome_or_abort(
-        self, task: Task[Any, Any] | None, payload: Payload, attempt: int
+        self, task: Task[Any, Any] | None, payload: Payload, attempt: int, me: asyncio.Task[Any]
     ) -> Outcome:
         """The job's outcome, or "aborted" if its abort cancelled it (a shutdown's
         cancellation goes on up: the job is put back). One coroutine, the job's call
@@ -400,8 +405,6 @@ class JobRunner:
                 error=f"UnknownTask: no task named {payload.task!r} is "
                 f"registered with this worker (registered: {names})",
             )
-        me = asyncio.current_task(self._loop)
-        assert me is not None
         current = self._current
         if payload.id in current:
             self._twins.setdefault(payload.id, []).append(me)
