@@ -105,7 +105,8 @@ class Task(Generic[P, R]):
                 raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
             if len(self._good_shapes) < 64:
                 self._good_shapes.add(shape)
-        payload = Payload(self.name, list(args), dict(kwargs))
+        # Every push stores the job's record with the job (see Payload.recorded).
+        payload = Payload(self.name, list(args), dict(kwargs), recorded=True)
         return payload, payload.encode()
 
     def options(

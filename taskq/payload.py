@@ -7,8 +7,11 @@ A job is one UTF-8 JSON object, pushed with ``LPUSH`` onto its queue's list::
 Only ``task`` is required: ``id`` defaults to a fresh one given by the worker, ``args``
 to ``[]``, ``kwargs`` to ``{}``, ``enqueued_at`` to the time the worker took it,
 ``attempts`` (runs so far, counted by retries and recoveries) to ``0``; ``key``, a
-unique-job key (see ``Task.push(key=...)``), to none. Other
-fields are ignored, so newer producers can talk to older workers. JSON only, never
+unique-job key (see ``Task.push(key=...)``), to none. ``recorded``, set by
+taskq's own producers, says the job's record was stored as it was pushed: a worker
+then stores only what a run adds to it (other producers leave it out, and the
+worker stores the whole record). Other fields are ignored, so newer producers can
+talk to older workers. JSON only, never
 pickle: nothing read from Redis can run code, and only registered tasks run.
 """
 
@@ -68,6 +71,7 @@ class Payload:
     enqueued_at: float = field(default_factory=time.time)
     attempts: int = 0
     key: str | None = None  # a unique-job key, held until the job ends
+    recorded: bool = False  # its record was stored as it was pushed (see decode)
 
     def next_attempt(self) -> Payload:
         """The same job, one more attempt along (a retry, or a recovery after a stall)."""
@@ -85,6 +89,7 @@ class Payload:
                     "enqueued_at": self.enqueued_at,
                     **({"attempts": self.attempts} if self.attempts else {}),
                     **({"key": self.key} if self.key else {}),
+                    **({"recorded": True} if self.recorded else {}),
                 }
             ).encode()
         except (TypeError, ValueError) as exc:
@@ -149,7 +154,9 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     key = data.get("key")
     if key is not None and (type(key) is not str or not key or len(key) > _ID_MAX):
         raise BadPayload(f"'key' must be a non-empty string of at most {_ID_MAX} characters")
-    return Payload(task, args, kwargs, job_id, float(enqueued_at), attempts, key), missing_id
+    recorded = data.get("recorded") is True and not missing_id
+    payload = Payload(task, args, kwargs, job_id, float(enqueued_at), attempts, key, recorded)
+    return payload, missing_id
 
 
 def _parse(text: str) -> Any:

@@ -126,7 +126,8 @@ return 1
 # KEYS, how many arguments follow, the arguments; then the rows of jobs done (see
 # taskq.writes.Writes.done), each as the index of the job's record in KEYS, of its
 # active list, the result TTL, the raw job, the result, the finish time, how many
-# start values follow (0 or 8), the start values (taskq.writes.START_FIELDS).
+# start values follow (0, 3 or 8), the start values (the last that many of
+# taskq.writes.START_FIELDS).
 # Runs a write of several simple commands (HSET, EXPIRE, LREM, HINCRBY, ...) in one
 # call: one reply to read, and nothing written if Redis refuses the first command
 # (out of memory, say: a script stops at its first refused command).
@@ -144,7 +145,7 @@ while i <= #ARGV do
   local key, starts = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 6])
   local fields = {'status', 'done', 'result', ARGV[i + 4], 'finished_at', ARGV[i + 5]}
   for j = 1, starts do
-    fields[#fields + 1] = names[j]
+    fields[#fields + 1] = names[8 - starts + j]
     fields[#fields + 1] = ARGV[i + 6 + j]
   end
   redis.call('HSET', key, unpack(fields))

@@ -37,13 +37,13 @@ Command = tuple[str, str, tuple[Any, ...]]
 ScriptCall = tuple[str, list[str], list[Any]]  # (Lua source, KEYS, ARGV)
 #: A job that ended "done", as only the values its outcome needs: (job key, active
 #: list, result TTL, raw job, result JSON, finished at), then, if its start was not
-#: stored on its own, the values of START_FIELDS.
+#: stored on its own, its start values (see :func:`start_values`).
 DoneRow = tuple[Any, ...]
 #: A job done as its "done" row alone, with the stats hash that counts it (see
 #: :meth:`WriteBuilder.done`).
 JobDone = tuple[DoneRow, str]
-#: What a "done" row also stores when the job's start was not stored before it
-#: ended (and jobs pushed with a raw LPUSH have no record before that).
+#: What a job's start stores: all of them for a job whose record was not stored as
+#: it was pushed (a raw LPUSH), else the last three, what a run adds.
 START_FIELDS = (
     "task",
     "queue",
@@ -98,7 +98,9 @@ class Writes:
         commands = list(self.records)
         for key, _, ttl, _, result, finished_at, *start in self.done:
             fields = ["status", "done", "result", result, "finished_at", finished_at]
-            for name, value in zip(START_FIELDS, start, strict=False):
+            for name, value in zip(
+                START_FIELDS[len(START_FIELDS) - len(start) :], start, strict=True
+            ):
                 fields += (name, value)
             commands += (("HSET", key, tuple(fields)), ("EXPIRE", key, (ttl,)))
         return commands
@@ -160,7 +162,11 @@ def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[
 
 
 def start_values(payload: Payload, queue: str, worker: str, started_at: float) -> tuple[Any, ...]:
-    """The values of START_FIELDS as a job starts."""
+    """The values a job's start stores, of the last that many START_FIELDS: what a
+    run adds if the job's record was stored as it was pushed (``payload.recorded``),
+    else all of them."""
+    if payload.recorded:
+        return (payload.attempts + 1, worker, started_at)
     return (
         payload.task,
         queue,
@@ -174,13 +180,11 @@ def start_values(payload: Payload, queue: str, worker: str, started_at: float) -
 
 
 def started_fields(payload: Payload, queue: str, worker: str, started_at: float) -> dict[str, Any]:
-    """The whole record as a job starts (jobs pushed with a raw LPUSH have no record
-    before this)."""
-    fields = {
-        "status": "active",
-        **dict(zip(START_FIELDS, start_values(payload, queue, worker, started_at), strict=True)),
-    }
-    if payload.key:
+    """The record's fields as a job starts: the whole record for a job pushed with a
+    raw LPUSH (it has none before this), else what the start adds to it."""
+    values = start_values(payload, queue, worker, started_at)
+    fields = {"status": "active", **dict(zip(START_FIELDS[-len(values) :], values, strict=True))}
+    if payload.key and not payload.recorded:
         fields["key"] = payload.key
     return fields
 

@@ -26,6 +26,19 @@ def test_a_full_payload_round_trips() -> None:
     assert missing_id is False
 
 
+def test_recorded_is_kept_only_as_true_and_with_an_id() -> None:
+    # A job whose record its producer stored (taskq's push) says so; anything else
+    # gets its whole record stored by the worker.
+    payload = Payload("add", [1], recorded=True)
+    assert json.loads(payload.encode())["recorded"] is True
+    assert decode(payload.encode())[0] == payload
+    assert "recorded" not in json.loads(Payload("add").encode())
+    for value in (1, "true", None):
+        assert not decode(raw({"id": "j", "task": "x", "recorded": value}))[0].recorded
+    # Without an id, the worker gives it one: no record can be under that id yet.
+    assert not decode(raw({"task": "x", "recorded": True}))[0].recorded
+
+
 def test_a_minimal_payload_gets_defaults_and_a_fresh_id() -> None:
     before = time.time()
     payload, missing_id = decode(b'{"task":"x"}')

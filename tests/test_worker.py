@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -61,6 +62,21 @@ def test_async_and_sync_results_are_recorded(app: App, r: redis.Redis) -> None:
     assert 0 < ttl <= app.settings.result_ttl
     assert r.llen(KEYS.queue("default")) == 0
     assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_a_job_pushed_with_a_raw_lpush_gets_its_whole_record(app: App, r: redis.Redis) -> None:
+    # No record was stored as it was pushed: the worker stores all of it.
+    job = {"id": "raw-1", "task": "add", "args": [2, 3], "enqueued_at": 1700000000.5}
+    r.lpush(KEYS.queue("default"), json.dumps(job))
+    assert burst(app).done == 1
+    info = app.job("raw-1").info()
+    assert (info.status, info.task, info.queue) == ("done", "add", "default")
+    assert (info.args, info.kwargs, info.attempts) == ([2, 3], {}, 1)
+    assert info.enqueued_at == 1700000000.5
+    assert info.worker
+    assert info.started_at is not None
+    assert info.finished_at is not None
+    assert app.job("raw-1").result(timeout=1) == 5
 
 
 def test_master_hands_jobs_to_the_loop_thread_and_sync_jobs_to_threads(app: App) -> None:
@@ -488,12 +504,15 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
     assert r.hget(KEYS.job(payload.id), "status") == b"done"
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["taskq's push", "raw LPUSH"])
 @pytest.mark.parametrize("start_stored", [False, True], ids=["quick", "start stored"])
 def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
-    app: App, r: redis.Redis, start_stored: bool
+    app: App, r: redis.Redis, start_stored: bool, recorded: bool
 ) -> None:
     # On one Redis a job done goes to APPLY as its values alone; a Redis Cluster or
-    # memory:// gets the same write as commands. Both must leave the same record.
+    # memory:// gets the same write as commands. Both must leave the same record: for
+    # a quick job, its start's fields too; all of them if it was pushed without its
+    # record (a raw LPUSH), else only those a run adds (the push stored the rest).
     class Piped(redis.Redis):  # not exactly redis.Redis: the broker sends pipelines
         pass
 
@@ -503,7 +522,9 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
     records = []
     for broker in (app.broker, piped):
         payload, raw = tasks.add.payload((1, 2), {})
-        payload = payload.next_attempt()  # run before: it may have stalled
+        assert payload.recorded
+        # Run before: it may have stalled.
+        payload = dataclasses.replace(payload.next_attempt(), recorded=recorded)
         other, _ = tasks.add.payload((3, 4), {})
         r.lpush(active, raw)
         r.hset(stalls, payload.id, 1)
@@ -519,22 +540,17 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
         assert 0 < r.ttl(KEYS.job(payload.id)) <= app.settings.result_ttl
         record = r.hgetall(KEYS.job(payload.id))
         assert float(record.pop(b"finished_at")) == pytest.approx(time.time(), abs=60)
-        enqueued_at = record.pop(b"enqueued_at", None)  # stored only with the start
-        assert enqueued_at == (None if start_stored else repr(payload.enqueued_at).encode())
+        enqueued_at = record.pop(b"enqueued_at", None)  # only with a whole start
+        whole_start = not start_stored and not recorded
+        assert enqueued_at == (repr(payload.enqueued_at).encode() if whole_start else None)
         records.append(record)
     piped.close()
     assert records[0] == records[1]
     expected = {b"status": b"done", b"result": b"3"}
     if not start_stored:
-        expected |= {
-            b"task": b"add",
-            b"queue": b"default",
-            b"args": b"[1,2]",
-            b"kwargs": b"{}",
-            b"attempts": b"2",
-            b"worker": b"w1",
-            b"started_at": b"1000.0",
-        }
+        expected |= {b"attempts": b"2", b"worker": b"w1", b"started_at": b"1000.0"}
+    if not start_stored and not recorded:
+        expected |= {b"task": b"add", b"queue": b"default", b"args": b"[1,2]", b"kwargs": b"{}"}
     assert records[0] == expected
 
 
