@@ -63,11 +63,7 @@ BLOCK_SECONDS = 1.0
 #: GIL at each system call.) The master fetches again once half have started: the
 #: fewer its fetches, the less it takes the GIL from the loop (noop jobs: 20 ms ahead
 #: cost the loop ~3 % more CPU per job than 50 ms). Jobs held beyond it when runs turn
-#: slow go back to their queue (see :meth:`JobRunner._give_back_excess`). A window
-#: also ends once twice the jobs a worker may hold have ended (what a steady worker
-#: runs in PREFETCH_WINDOW): runs that end faster than the prefetch foresaw (a worker
-#: of quick jobs starting with none ahead: a slot-full a round trip, at about half
-#: speed) raise it at once, not a window later.
+#: slow go back to their queue (see :meth:`JobRunner._give_back_excess`).
 AUTO_PREFETCH_WAIT = 0.05
 AUTO_PREFETCH_MAX = 1000
 PREFETCH_WINDOW = 0.1
@@ -143,7 +139,7 @@ class Worker:
         self.prefetch = prefetch
         # Runs ended since the prefetch was last worked out, and when (guarded by _slots).
         self._window_ends = 0
-        self._window_start: float | None = None  # from the first jobs handed over
+        self._window_start: float | None = None
         self._set_prefetch(prefetch or 0)
         self.burst = burst
         self.metrics_port = metrics_port
@@ -414,8 +410,6 @@ class Worker:
         with self._slots:
             self._in_flight += len(raws)
             self._running += len(raws)
-            if self._window_start is None:
-                self._window_start = time.monotonic()
         self._loop.submit(self._runner.run_batch(queue, raws))
 
     def _prefetched(self) -> int:
@@ -434,7 +428,7 @@ class Worker:
             self._window_start = now
         self._window_ends += runs
         elapsed = now - self._window_start
-        if elapsed <= 0 or (elapsed < PREFETCH_WINDOW and self._window_ends < 2 * self.capacity):
+        if elapsed < PREFETCH_WINDOW:
             return
         ahead = self._window_ends / elapsed * AUTO_PREFETCH_WAIT
         self._set_prefetch(min(AUTO_PREFETCH_MAX, int(ahead)))
