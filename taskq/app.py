@@ -94,7 +94,9 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def payload(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Payload, bytes]:
-        """Check the arguments against the function and encode the job."""
+        """Check the arguments against the function and encode the job, as a push
+        sends it: marked ``recorded``, the push storing its record with it (a job
+        pushed any other way must not be, or the worker leaves its record short)."""
         # Whether arguments fit depends only on how many and which names: check each
         # shape once (a bulk push is usually one shape many times).
         shape = (len(args), tuple(kwargs))
@@ -105,7 +107,6 @@ class Task(Generic[P, R]):
                 raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
             if len(self._good_shapes) < 64:
                 self._good_shapes.add(shape)
-        # Every push stores the job's record with the job (see Payload.recorded).
         payload = Payload(self.name, list(args), dict(kwargs), recorded=True)
         return payload, payload.encode()
 

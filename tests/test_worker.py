@@ -29,7 +29,7 @@ from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 from taskq.worker.runner import JobRunner
-from taskq.writes import Outcome, Writes
+from taskq.writes import Outcome, Writes, take_batch
 
 from . import tasks
 from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
@@ -128,6 +128,13 @@ def test_failure_stores_error_and_traceback_and_worker_carries_on(app: App, r: r
     assert entry["reason"] == "failed"
     assert entry["error"] == "ValueError: kaput"
     assert json.loads(entry["payload"])["id"] == bad.id
+    # The push stored the record; the failure added the run's fields to it.
+    info = bad.info()
+    assert (info.status, info.task, info.queue) == ("failed", "boom", "default")
+    assert info.args == ["kaput"]
+    assert (info.attempts, info.worker) == (1, good.info().worker)
+    assert info.enqueued_at is not None
+    assert info.started_at is not None
 
 
 def test_unknown_task_fails_naming_it_and_listing_registered_tasks(
@@ -388,6 +395,25 @@ def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
     assert [type(e) for e in told] == [WriteAbandoned, WriteAbandoned]
 
 
+def test_a_batch_ends_at_the_first_write_with_scripts_rows_included(app: App) -> None:
+    builder = app.broker.writes
+    payload, raw = tasks.add.payload((1, 2), {})
+    keyed, keyed_raw = tasks.add.payload((3, 4), {})
+    done = builder.done("default", "w1", raw, payload, "3", None, 1.0)
+    assert done is not None
+    retry = builder.finish("default", "w1", raw, payload, Outcome("scheduled", due=2.0))
+    start = builder.start("default", "w1", payload, 1.0)
+    assert take_batch([done, start, retry, done], 10) == 3
+    assert take_batch([done, start, done], 2) == 2
+    assert take_batch([done, done], 10) == 2
+    # A row alone does not cover what a unique key or an earlier attempt also needs.
+    keyed = dataclasses.replace(keyed, key="k")
+    assert builder.done("default", "w1", keyed_raw, keyed, "7", None, 1.0) is None
+    again = payload.next_attempt()
+    assert builder.done("default", "w1", raw, again, "3", None, 1.0) is None
+    assert builder.finish("default", "w1", raw, again, Outcome("done", "3")).queue  # HDEL stalls
+
+
 def test_a_jobs_writes_stay_in_order_across_batches(app: App, r: redis.Redis) -> None:
     # A batch ends at the first write with scripts (a retry): a job done as a bare row
     # after it goes in the next batch, after its own start, never ahead of it.
@@ -401,8 +427,17 @@ def test_a_jobs_writes_stay_in_order_across_batches(app: App, r: redis.Redis) ->
     assert retry.scripts
     assert done is not None
 
+    applied: list[Writes] = []
+
     async def submit() -> list[BaseException | None]:
         broker = app.abroker()
+        real_apply = broker.apply
+
+        async def apply(writes: Writes) -> None:
+            applied.append(writes)
+            await real_apply(writes)
+
+        broker.apply = apply  # type: ignore[method-assign,assignment]
         batcher = WriteBatcher(broker)
         told: list[BaseException | None] = []
         for writes in (retry, start, done):
@@ -412,6 +447,11 @@ def test_a_jobs_writes_stay_in_order_across_batches(app: App, r: redis.Redis) ->
         return told
 
     assert asyncio.run(submit()) == [None] * 3
+    # Two batches: the retry alone, then X's start and X's row, in that order.
+    assert [(len(w.scripts), len(w.records), len(w.done)) for w in applied] == [
+        (1, 1, 0),
+        (0, 1, 1),
+    ]
     assert r.hget(KEYS.job(x.id), "status") == b"done"
     assert r.hget(KEYS.stats("default"), "done") == b"1"
     assert r.llen(KEYS.active("default", "w1")) == 0
