@@ -148,6 +148,12 @@ def take_batch(pending: Sequence[Writes | JobDone], limit: int) -> int:
     return min(len(pending), limit)
 
 
+def row_alone(payload: Payload) -> bool:
+    """Whether a "done" row (:meth:`WriteBuilder.done`) is all the outcome of this job
+    done writes: no unique key to release, no stalls to forget (a first attempt)."""
+    return not payload.key and not payload.attempts
+
+
 def record_fields(payload: Payload, queue: str, status: str = "queued") -> dict[str, Any]:
     return {
         "status": status,
@@ -292,7 +298,7 @@ class WriteBuilder:
         ``ended_at``: when the job ended, if not now."""
         finished_at = time.time() if ended_at is None else ended_at
         if outcome.status == "done" and not payload.key:  # the bulk: a compact row
-            row, stats = self._done_row(
+            row, stats = self.done(
                 queue, worker, raw, payload, outcome.result, started_at, finished_at
             )
             w = Writes(done=[row], counters={(stats, "done"): 1})
@@ -355,25 +361,11 @@ class WriteBuilder:
         result: str | None,
         started_at: float | None,
         finished_at: float,
-    ) -> JobDone | None:
-        """A job done as its "done" row alone, and the stats hash that counts it, when
-        that is all :meth:`finish` would write (no unique key to release, no stalls to
-        forget: a first attempt); else None. A worker hands these to its batcher
-        without a :class:`Writes` a job (making and merging one cost ~2 us)."""
-        if payload.key or payload.attempts:
-            return None
-        return self._done_row(queue, worker, raw, payload, result, started_at, finished_at)
-
-    def _done_row(
-        self,
-        queue: str,
-        worker: str,
-        raw: bytes,
-        payload: Payload,
-        result: str | None,
-        started_at: float | None,
-        finished_at: float,
     ) -> JobDone:
+        """A job done as its "done" row, and the stats hash that counts it: all that
+        :meth:`finish` writes for it when :func:`row_alone` says so. A worker hands
+        these to its batcher without a :class:`Writes` a job (making and merging one
+        cost ~2 us)."""
         keys = self._done_keys.get((queue, worker))
         if keys is None:
             k = self.keys

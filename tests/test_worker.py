@@ -29,7 +29,7 @@ from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 from taskq.worker.runner import JobRunner
-from taskq.writes import Outcome, Writes, take_batch
+from taskq.writes import Outcome, Writes, row_alone, take_batch
 
 from . import tasks
 from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
@@ -400,17 +400,18 @@ def test_a_batch_ends_at_the_first_write_with_scripts_rows_included(app: App) ->
     payload, raw = tasks.add.payload((1, 2), {})
     keyed, keyed_raw = tasks.add.payload((3, 4), {})
     done = builder.done("default", "w1", raw, payload, "3", None, 1.0)
-    assert done is not None
     retry = builder.finish("default", "w1", raw, payload, Outcome("scheduled", due=2.0))
     start = builder.start("default", "w1", payload, 1.0)
     assert take_batch([done, start, retry, done], 10) == 3
     assert take_batch([done, start, done], 2) == 2
     assert take_batch([done, done], 10) == 2
     # A row alone does not cover what a unique key or an earlier attempt also needs.
+    assert row_alone(payload)
     keyed = dataclasses.replace(keyed, key="k")
-    assert builder.done("default", "w1", keyed_raw, keyed, "7", None, 1.0) is None
+    assert not row_alone(keyed)
+    assert builder.finish("default", "w1", keyed_raw, keyed, Outcome("done", "7")).scripts
     again = payload.next_attempt()
-    assert builder.done("default", "w1", raw, again, "3", None, 1.0) is None
+    assert not row_alone(again)
     assert builder.finish("default", "w1", raw, again, Outcome("done", "3")).queue  # HDEL stalls
 
 
@@ -425,7 +426,6 @@ def test_a_jobs_writes_stay_in_order_across_batches(app: App, r: redis.Redis) ->
     start = builder.start("default", "w1", x, now)
     done = builder.done("default", "w1", raw_x, x, "3", None, now)
     assert retry.scripts
-    assert done is not None
 
     applied: list[Writes] = []
 

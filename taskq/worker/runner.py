@@ -15,7 +15,7 @@ from ..abroker import AsyncBroker
 from ..app import App, Task
 from ..payload import BadPayload, Payload, decode, dumps, peek_id
 from ..retry import Retry
-from ..writes import JobDone, Outcome, Writes, dead_entry
+from ..writes import JobDone, Outcome, Writes, dead_entry, row_alone
 from .batcher import WriteAbandoned, WriteBatcher
 from .executor import DaemonExecutor
 from .promoter import RetryPromoter
@@ -365,12 +365,11 @@ class JobRunner:
         # Ended before its start was stored: the outcome stores both at once.
         started = None if running.start_stored else started_at
         run = (payload, outcome, attempt, run_time)
-        if outcome.status == "done":
+        if outcome.status == "done" and row_alone(payload):
             done = self.writes.done(
                 queue, self.worker_id, raw, payload, outcome.result, started, ended_at
             )
-            if done is not None:
-                return _Ended("done", done, run)
+            return _Ended("done", done, run)
         writes = self.writes.finish(queue, self.worker_id, raw, payload, outcome, started, ended_at)
         return _Ended(outcome.status, writes, run)
 
