@@ -98,9 +98,7 @@ class Writes:
         commands = list(self.records)
         for key, _, ttl, _, result, finished_at, *start in self.done:
             fields = ["status", "done", "result", result, "finished_at", finished_at]
-            for name, value in zip(
-                START_FIELDS[len(START_FIELDS) - len(start) :], start, strict=True
-            ):
+            for name, value in zip(start_names(start), start, strict=True):
                 fields += (name, value)
             commands += (("HSET", key, tuple(fields)), ("EXPIRE", key, (ttl,)))
         return commands
@@ -185,11 +183,17 @@ def start_values(payload: Payload, queue: str, worker: str, started_at: float) -
     )
 
 
+def start_names(values: Sequence[Any]) -> tuple[str, ...]:
+    """The fields of ``values`` (from :func:`start_values`): the last that many of
+    START_FIELDS, as scripts.APPLY names them too."""
+    return START_FIELDS[len(START_FIELDS) - len(values) :]
+
+
 def started_fields(payload: Payload, queue: str, worker: str, started_at: float) -> dict[str, Any]:
     """The record's fields as a job starts: the whole record for a job pushed with a
     raw LPUSH (it has none before this), else what the start adds to it."""
     values = start_values(payload, queue, worker, started_at)
-    fields = {"status": "active", **dict(zip(START_FIELDS[-len(values) :], values, strict=True))}
+    fields = {"status": "active", **dict(zip(start_names(values), values, strict=True))}
     if payload.key and not payload.recorded:
         fields["key"] = payload.key
     return fields
