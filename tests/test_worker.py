@@ -232,6 +232,28 @@ def test_a_bulk_push_over_several_batches_keeps_order_and_reports_errors(
     assert r.llen(queue) == n
 
 
+def test_a_fetch_straight_on_a_connection_reports_errors_and_reconnects(
+    redis_url: str, r: redis.Redis
+) -> None:
+    broker = Broker(redis.Redis.from_url(redis_url))
+    queue, active = KEYS.queue("default"), KEYS.active("default", "w1")
+    try:
+        r.lpush(queue, b"a", b"b", b"c")
+        assert broker.fetch("default", "w1", 2) == [b"a", b"b"]  # the oldest first
+        r.set(queue, "not a list")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            broker.fetch("default", "w1", 2)
+        r.delete(queue)
+        r.lpush(queue, b"d")
+        assert broker.fetch("default", "w1", 5) == [b"d"]  # the connection is still good
+        r.client_kill_filter(_type="normal", skipme=True)  # Redis drops it while idle
+        r.lpush(queue, b"e")
+        assert broker.fetch("default", "w1", 5) == [b"e"]
+        assert r.lrange(active, 0, -1) == [b"e", b"d", b"b", b"a"]
+    finally:
+        broker.close()
+
+
 def test_burst_worker_returns_when_queue_is_empty(app: App) -> None:
     stats = burst(app)
     assert (stats.done, stats.failed, stats.put_back) == (0, 0, 0)
