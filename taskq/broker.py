@@ -174,8 +174,9 @@ class Broker:
         self.keys = keys or Keys()
         self.dead_retention = dead_retention
         self.cluster = is_cluster(client)
-        # A plain client on one Redis: writes go straight to a connection (see
-        # _send_and_read); a cluster's, or fakeredis's, go through redis-py.
+        # A plain client on one Redis: writes and the master's fetches go straight to
+        # a connection (see _send_and_read, _call); a cluster's, or fakeredis's, go
+        # through redis-py.
         self._raw = type(client) in (redis.Redis, SentinelRedis)
         self._own: Any = None
         self._own_lock = threading.Lock()

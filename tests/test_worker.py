@@ -240,18 +240,69 @@ def test_a_fetch_straight_on_a_connection_reports_errors_and_reconnects(
     try:
         r.lpush(queue, b"a", b"b", b"c")
         assert broker.fetch("default", "w1", 2) == [b"a", b"b"]  # the oldest first
+        sock = broker._own._sock
         r.set(queue, "not a list")
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             broker.fetch("default", "w1", 2)
         r.delete(queue)
         r.lpush(queue, b"d")
-        assert broker.fetch("default", "w1", 5) == [b"d"]  # the connection is still good
+        assert broker.fetch("default", "w1", 5) == [b"d"]
+        assert broker._own._sock is sock  # the refusal was read: the connection kept
         r.client_kill_filter(_type="normal", skipme=True)  # Redis drops it while idle
         r.lpush(queue, b"e")
         assert broker.fetch("default", "w1", 5) == [b"e"]
-        assert r.lrange(active, 0, -1) == [b"e", b"d", b"b", b"a"]
+        # Lost as the command goes out (redis-py's default: no retry): the error goes
+        # to the master, which pauses and fetches again, on a new connection.
+        conn = broker._own
+        send = conn.send_packed_command
+        lost: list[Any] = []
+
+        def lost_once(*args: Any, **kwargs: Any) -> None:
+            if not lost:
+                lost.append(conn._sock)
+                raise redis.ConnectionError("lost")
+            send(*args, **kwargs)
+
+        conn.send_packed_command = lost_once
+        r.lpush(queue, b"f")
+        with pytest.raises(redis.ConnectionError):
+            broker.fetch("default", "w1", 5)
+        assert conn._sock is None  # dropped: a reply may have been left unread
+        assert broker.fetch("default", "w1", 5) == [b"f"]
+        assert r.lrange(active, 0, -1) == [b"f", b"e", b"d", b"b", b"a"]
     finally:
         broker.close()
+
+
+def test_job_tasks_go_through_a_task_factory_that_a_job_sets(redis_url: str) -> None:
+    # Job tasks are made directly (cheaper than loop.create_task), unless code on the
+    # loop set a task factory (a tracing library, say): then through it.
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    traced = App(redis_url)
+
+    @traced.task(name="tests.set_factory")
+    async def set_factory() -> None:
+        asyncio.get_running_loop().set_task_factory(factory)
+
+    @traced.task(name="tests.nothing")
+    async def nothing() -> None:
+        pass
+
+    try:
+        nothing.push()
+        set_factory.push()
+        nothing.push()
+        nothing.push()
+        stats = burst(traced, concurrency=1)  # one at a time, in the order pushed
+    finally:
+        traced.close()
+    assert stats.done == 4
+    assert made.count("JobRunner._run_reporting") == 2
 
 
 def test_burst_worker_returns_when_queue_is_empty(app: App) -> None:
