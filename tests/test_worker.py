@@ -325,12 +325,27 @@ def test_automatic_prefetch_takes_ahead_only_jobs_that_start_soon(app: App) -> N
             worker._adapt_prefetch(start + i * every)
         return start + n * every
 
-    t = runs_end(0.0001, 2000, 0.0)  # 10,000 runs end a second: 500 start within 50 ms
+    t = runs_end(0.0001, 150, 0.0)  # 10,000 runs end a second, for 15 ms
+    assert worker.capacity == 10  # the first window (20 ms) is still open
+    t = runs_end(0.0001, 60, t)
+    assert 10 + 490 < worker.capacity < 10 + 510  # about 500 start within 50 ms
+    first = worker.capacity
+    t = runs_end(0.00005, 1000, t)  # 50 ms at 20,000 a second: later windows are 100 ms
+    assert worker.capacity == first
+    t = runs_end(0.0001, 2000, t)
     assert worker.capacity == 10 + 500
     t = runs_end(0.00001, 20_000, t)  # at 100,000 a second: capped
     assert worker.capacity == 10 + AUTO_PREFETCH_MAX
     runs_end(1.0, 2, t)  # long jobs: keep them for idle workers
     assert worker.capacity == 10
+    # A burst of quick jobs, then slow ones: the first window ends with the first slow
+    # run, at the slow rate; nothing was taken ahead meanwhile.
+    burst_then_slow = Worker(app, concurrency=10, handle_signals=False)
+    for when in (0.0001, 0.0002, 0.0003, 0.0004, 0.0005):
+        burst_then_slow._adapt_prefetch(when, runs=4)
+        assert burst_then_slow.capacity == 10
+    burst_then_slow._adapt_prefetch(10.0)
+    assert burst_then_slow.capacity == 10
     fixed = Worker(app, concurrency=10, prefetch=3, handle_signals=False)
     fixed._running, fixed._ran, fixed._runs = 50, 50, 50  # as the loop tallies them
     fixed._tally()
