@@ -365,8 +365,8 @@ def test_jobs_taken_ahead_go_back_to_the_queue_once_runs_turn_slow(
     async def main() -> None:
         over = asyncio.Event()
 
-        def on_done(status: str) -> None:
-            done.append(status)
+        def on_done(status: str, count: int) -> None:
+            done.extend([status] * count)
             if len(done) == len(raws):
                 over.set()
 
@@ -449,7 +449,10 @@ def test_jobs_cancelled_before_they_ran_are_reported_cancelled(app: App) -> None
     done: list[str] = []
 
     async def main() -> None:
-        runner = JobRunner(app, app.abroker(), "w1", DaemonExecutor(), 3, ran.append, done.append)
+        def on_done(status: str, count: int) -> None:
+            done.extend([status] * count)
+
+        runner = JobRunner(app, app.abroker(), "w1", DaemonExecutor(), 3, ran.append, on_done)
         try:
             await runner.run_batch("default", raws)  # their tasks exist, none has run
             await runner.cancel_running(5)
@@ -481,6 +484,52 @@ def test_writes_not_stored_when_the_worker_stops_are_reported(app: App) -> None:
 
     told = asyncio.run(stop_with_writes_pending())
     assert [type(e) for e in told] == [WriteAbandoned, WriteAbandoned]
+
+
+def test_jobs_done_without_a_callback_are_counted_by_batch(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Most jobs done need nothing once stored but to be counted: one call a batch
+    # says how many, "done" if stored, "error" if refused (they run again) or left
+    # unstored as the worker stops.
+    payload, raw = tasks.add.payload((1, 2), {})
+    row = app.broker.writes.done("default", "w1", raw, payload, "3", None, 1.0)
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def apply(self, writes: Writes) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise redis.ResponseError("OOM command not allowed")
+            if self.calls == 3:
+                await asyncio.Event().wait()  # Redis never answers
+
+    async def main() -> tuple[list[tuple[str, int]], list[BaseException | None]]:
+        counts: list[tuple[str, int]] = []
+        told: list[BaseException | None] = []
+        batcher = WriteBatcher(
+            cast(AsyncBroker, Flaky()), on_done=lambda s, n: counts.append((s, n))
+        )
+        for writes in (row, row, Writes(), row):
+            if isinstance(writes, Writes):
+                batcher.submit(writes, told.append)
+            else:
+                batcher.submit_done(writes)
+        assert await batcher.drain(5)  # refused, as one batch
+        batcher.submit_done(row)
+        batcher.submit_done(row)
+        assert await batcher.drain(5)  # stored
+        batcher.submit_done(row)
+        assert not await batcher.drain(0.05)  # never answered
+        return counts, told
+
+    counts, told = asyncio.run(main())
+    assert counts == [("error", 3), ("done", 2), ("error", 1)]
+    assert [type(e) for e in told] == [redis.ResponseError]
+    assert "could not store the outcome of 3 jobs, they run again" in caplog.text
+    assert "of 1 jobs" not in caplog.text  # a stop's leftovers are not an error
 
 
 def test_a_batch_ends_at_the_first_write_with_scripts_rows_included(app: App) -> None:

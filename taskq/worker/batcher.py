@@ -50,12 +50,22 @@ class WriteAbandoned(Exception):
 
 #: Called once the writes are stored (with None) or refused (with the error).
 Stored = Callable[[BaseException | None], None]
+#: Told how many jobs of a batch are over, and how: "done" (stored) or "error" (not).
+Counted = Callable[[str, int], None]
+
+
+def _counted(error: BaseException | None) -> None:
+    """Marks the writes of a job done that need no callback of their own once stored
+    (see :meth:`WriteBatcher.submit_done`); never called."""
 
 
 class WriteBatcher:
-    def __init__(self, broker: AsyncBroker, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, broker: AsyncBroker, metrics: Metrics | None = None, on_done: Counted | None = None
+    ) -> None:
         self.broker = broker
         self.metrics = metrics
+        self.on_done = on_done
         self._pending: list[tuple[Writes | JobDone, Stored | None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()  # made on the loop it serves
@@ -64,6 +74,14 @@ class WriteBatcher:
         """Queue ``writes`` (they stay ordered with the rest); ``stored`` is called on
         the loop once Redis has them, or with the error if Redis refused them."""
         self._pending.append((writes, stored))
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._flush())
+
+    def submit_done(self, writes: Writes | JobDone) -> None:
+        """Queue the writes of a job done that needs nothing once they are stored but
+        to be counted: ``on_done("done", n)`` is told once for all such jobs of a
+        batch (``"error"`` if it was not stored), instead of a callback a job."""
+        self._pending.append((writes, _counted))
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush())
 
@@ -86,22 +104,24 @@ class WriteBatcher:
         batch = self._pending[:n]
         del self._pending[:n]
         merged = Writes()
+        rows, counters = merged.done, merged.counters
         for writes, _ in batch:
             if isinstance(writes, Writes):
                 merged.merge(writes)
             else:  # most of a busy worker's: a job done, no Writes made for it
-                merged.done.append(writes[0])
-                merged.count(writes[1], "done")
+                rows.append(writes[0])
+                counter = (writes[1], "done")
+                counters[counter] = counters.get(counter, 0) + 1
         try:
             await self._apply(merged)
         except Exception as exc:  # a refused command: tell these jobs, go on
             log.exception("redis refused a batch of %d writes", len(batch))
-            _tell(batch, exc)
+            self._tell(batch, exc)
             return
         except asyncio.CancelledError:  # drain gave up: maybe not stored
-            _tell(batch, WriteAbandoned("not stored before the worker stopped"))
+            self._tell(batch, WriteAbandoned("not stored before the worker stopped"))
             raise
-        _tell(batch, None)
+        self._tell(batch, None)
 
     async def _apply(self, writes: Writes) -> None:
         delay = 0.1
@@ -129,16 +149,30 @@ class WriteBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             left, self._pending = self._pending, []
-            _tell(left, WriteAbandoned("not stored before the worker stopped"))
+            self._tell(left, WriteAbandoned("not stored before the worker stopped"))
             return False
         return not self._pending
 
-
-def _tell(batch: list[tuple[Writes | JobDone, Stored | None]], error: BaseException | None) -> None:
-    """Call the callbacks of ``batch`` with how its writes went."""
-    for _, stored in batch:
-        if stored is not None:
+    def _tell(
+        self, batch: list[tuple[Writes | JobDone, Stored | None]], error: BaseException | None
+    ) -> None:
+        """Call the callbacks of ``batch`` with how its writes went, and count the jobs
+        done submitted without one (:meth:`submit_done`)."""
+        counted = 0
+        for _, stored in batch:
+            if stored is _counted:
+                counted += 1
+            elif stored is not None:
+                try:
+                    stored(error)
+                except Exception:
+                    log.exception("error in a write's callback")
+        if not counted:
+            return
+        if error is not None and not isinstance(error, WriteAbandoned):
+            log.error("could not store the outcome of %d jobs, they run again: %r", counted, error)
+        if self.on_done is not None:
             try:
-                stored(error)
+                self.on_done("done" if error is None else "error", counted)
             except Exception:
                 log.exception("error in a write's callback")

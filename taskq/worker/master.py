@@ -458,11 +458,12 @@ class Worker:
         if not self._tally_due:
             self._tally_soon()
 
-    def _job_done(self, status: str) -> None:
-        """Called on the loop thread as each job is over: its outcome stored, or it
-        was cancelled, or its outcome could not be stored (it stays active)."""
+    def _job_done(self, status: str, count: int) -> None:
+        """Called on the loop thread as jobs are over (``count`` of them, ``status``):
+        their outcome stored, or they were cancelled, or their outcome could not be
+        stored (they stay active)."""
         ended = self._ended
-        ended[status] = ended.get(status, 0) + 1
+        ended[status] = ended.get(status, 0) + count
         if not self._tally_due:
             self._tally_soon()
 

@@ -47,35 +47,38 @@ _DONE_NONE = Outcome("done", result="null")
 
 #: Reports a job's run is over (seconds it ran; None if it did not run).
 Ran = Callable[[float | None], None]
-#: Reports a job is over, with how it ended.
-Done = Callable[[str], None]
+#: Reports jobs are over: how they ended, and how many of them.
+Done = Callable[[str, int], None]
 #: How many jobs the worker wants taken ahead now (its prefetch).
 Ahead = Callable[[], int]
 
 
 class _Ended:
-    """How a job's run ended: its status, the writes that store its outcome, how long
-    it ran, and what to log once they are stored (None if it never ran)."""
+    """How a job ended: its status, the writes that store its outcome, and how long
+    it ran (None if it never ran: then that is all)."""
 
-    __slots__ = ("attempt", "outcome", "payload", "run_time", "status", "writes")
+    __slots__ = ("run_time", "status", "writes")
 
-    def __init__(
-        self,
-        status: str,
-        writes: Writes | JobDone,
-        run: tuple[Payload, Outcome, int, float] | None = None,
-    ) -> None:
+    def __init__(self, status: str, writes: Writes | JobDone) -> None:
         self.status = status
         self.writes = writes
         self.run_time: float | None = None
-        if run is not None:
-            self.payload, self.outcome, self.attempt, self.run_time = run
 
 
-class _Running:
-    """A job between its start and the submission of its outcome."""
+class _Running(_Ended):
+    """A job from its start; once it has run (:meth:`JobRunner._end`), also how it
+    ended (one object a job, not two), with what to log once that is stored."""
 
-    __slots__ = ("attempt", "payload", "queue", "raw", "start_stored", "started_at", "task")
+    __slots__ = (
+        "attempt",
+        "outcome",
+        "payload",
+        "queue",
+        "raw",
+        "start_stored",
+        "started_at",
+        "task",
+    )
 
     def __init__(
         self, queue: str, raw: bytes, payload: Payload, task: Task[Any, Any] | None
@@ -87,6 +90,7 @@ class _Running:
         self.attempt = payload.attempts + 1
         self.started_at = time.time()
         self.start_stored = False
+        self.outcome: Outcome | None = None  # set by _end, with status, writes, run_time
 
 
 class BadArguments(TypeError):
@@ -147,7 +151,7 @@ class JobRunner:
         self.executor = executor
         self.writes = broker.writes
         self.metrics = metrics
-        self.batcher = WriteBatcher(broker, metrics)
+        self.batcher = WriteBatcher(broker, metrics, on_done)
         self.promoter = RetryPromoter(broker, promote_within)
         # Made on the loop it serves. Kept: looking the running loop up costs a getpid()
         # system call each time, and it was looked up several times a job.
@@ -217,7 +221,7 @@ class JobRunner:
             while waiting:
                 waiting.popleft()
                 self.on_ran(None)
-                self.on_done("unstarted")
+                self.on_done("unstarted", 1)
             return
         loop, tasks = self._loop, self._tasks
         # Tasks made directly unless a job's code set a task factory on this loop (a
@@ -237,14 +241,12 @@ class JobRunner:
         if self._tasks:
             self._reaper = self._loop.call_later(REAP_EVERY, self._reap)
 
-    def _give_back_excess(self, ahead: int) -> None:
-        """Give back the newest jobs waiting beyond ``ahead``, once they are more than
-        ``ahead`` and than a job per slot (not for every wobble of the prefetch):
-        jobs were taken ahead while runs were quick and runs have turned slow, so
-        idle workers should have them. One give-back at a time."""
-        excess = len(self._waiting) - ahead
-        if excess <= max(ahead, self.concurrency):
-            return
+    def _give_back_excess(self, excess: int) -> None:
+        """Give back the newest ``excess`` jobs waiting: the jobs waiting beyond what
+        the worker wants taken ahead now, once they are more than that and than a job
+        per slot (not for every wobble of the prefetch). Jobs were taken ahead while
+        runs were quick and runs have turned slow, so idle workers should have them.
+        One give-back at a time."""
         back: dict[str, list[bytes]] = {}
         for _ in range(excess):
             queue, raw = self._waiting.pop()
@@ -260,8 +262,7 @@ class JobRunner:
                     # They stay in the active list: put back when the worker stops, or
                     # recovered by another worker if it dies.
                     log.error("could not give back %d jobs of queue %r: %r", count, queue, exc)
-                for _ in range(count):
-                    self.on_done("given back")
+                self.on_done("given back", count)
 
             self.batcher.submit(self.writes.give_back(queue, self.worker_id, raws), stored)
         log.info("gave back %d jobs taken ahead: runs turned slow", excess)
@@ -278,7 +279,7 @@ class JobRunner:
         job stays in the active list. Its slot is free."""
         self._tasks.discard(task)
         self.on_ran(None)
-        self.on_done("cancelled")
+        self.on_done("cancelled", 1)
         if self._waiting and len(self._tasks) < self.concurrency:
             self._start_waiting()
 
@@ -293,7 +294,7 @@ class JobRunner:
         ended: _Ended | None = None
         try:
             began = self._begin(queue, raw)
-            if isinstance(began, _Ended):  # it did not run
+            if not isinstance(began, _Running):  # it did not run
                 ended = began
             else:
                 try:
@@ -315,30 +316,44 @@ class JobRunner:
         # The run is over: its slot goes to the next job now, not a loop pass later
         # when the task's end is reported (quick jobs would wait a pass each).
         self._tasks.discard(me)
-        if self._waiting:
+        waiting = self._waiting
+        if waiting:
             self._start_waiting()
-            if self.ahead is not None and not self._giving_back:
-                self._give_back_excess(self.ahead())
-        on_ran(None if ended is None else ended.run_time)
+            ahead = self.ahead
+            if ahead is not None and not self._giving_back:
+                wanted = ahead()
+                if len(waiting) - wanted > max(wanted, self.concurrency):
+                    self._give_back_excess(len(waiting) - wanted)
         if ended is None:
-            on_done("error")
+            on_ran(None)
+            on_done("error", 1)
             return
-        result = ended
+        on_ran(ended.run_time)
+        # A job done is logged at INFO (skipped at once when that is off): else all
+        # that is left once its outcome is stored is to count it, with its batch.
+        ran = ended.run_time is not None
+        if ran and ended.status == "done" and not log.isEnabledFor(logging.INFO):
+            self.batcher.submit_done(ended.writes)
+        else:
+            self._submit(queue, ended)
+
+    def _submit(self, queue: str, ended: _Ended) -> None:
+        """Hand the writes of a job that ended to the batcher, with what to do once
+        they are stored: log its run, count it, and watch for its retry."""
 
         def stored(exc: BaseException | None) -> None:
             if exc is None:
-                # (A job done is logged at INFO: skipped at once when that is off.)
-                if result.run_time is not None and (
-                    result.status != "done" or log.isEnabledFor(logging.INFO)
-                ):
-                    self._log(result.payload, result.outcome, result.run_time, result.attempt)
-                on_done(result.status)
-                if result.status == "scheduled" and result.outcome.due is not None:
-                    self.promoter.due(queue, result.outcome.due)  # a retry
+                if isinstance(ended, _Running):
+                    assert ended.outcome is not None
+                    assert ended.run_time is not None
+                    self._log(ended.payload, ended.outcome, ended.run_time, ended.attempt)
+                    if ended.status == "scheduled" and ended.outcome.due is not None:
+                        self.promoter.due(queue, ended.outcome.due)  # a retry
+                self.on_done(ended.status, 1)
                 return
             if not isinstance(exc, WriteAbandoned):
                 log.error("could not store a job's outcome, it will run again: %r", exc)
-            on_done("error")
+            self.on_done("error", 1)
 
         self.batcher.submit(ended.writes, stored)
 
@@ -374,24 +389,27 @@ class JobRunner:
             self.metrics.job_started(payload.task, payload.enqueued_at)
         return running
 
-    def _end(self, running: _Running, outcome: Outcome) -> _Ended:
-        """How the run of ``running`` ended, with ``outcome``: the writes that store it."""
+    def _end(self, running: _Running, outcome: Outcome) -> _Running:
+        """``running`` with how its run ended, ``outcome``, and the writes that store it."""
         self._unrecorded.pop(running, None)
         ended_at = time.time()
-        run_time = ended_at - running.started_at
+        running.run_time = run_time = ended_at - running.started_at
+        running.outcome = outcome
+        running.status = status = outcome.status
         payload, queue, raw = running.payload, running.queue, running.raw
         if self.metrics:
-            self.metrics.job_ended(payload.task, outcome.status, run_time)
+            self.metrics.job_ended(payload.task, status, run_time)
         # Ended before its start was stored: the outcome stores both at once.
         started = None if running.start_stored else running.started_at
-        run = (payload, outcome, running.attempt, run_time)
-        if outcome.status == "done" and row_alone(payload):
-            done = self.writes.done(
+        if status == "done" and row_alone(payload):
+            running.writes = self.writes.done(
                 queue, self.worker_id, raw, payload, outcome.result, started, ended_at
             )
-            return _Ended("done", done, run)
-        writes = self.writes.finish(queue, self.worker_id, raw, payload, outcome, started, ended_at)
-        return _Ended(outcome.status, writes, run)
+        else:
+            running.writes = self.writes.finish(
+                queue, self.worker_id, raw, payload, outcome, started, ended_at
+            )
+        return running
 
     def _store_starts(self) -> None:
         """Store the start of every job running for START_RECORD_DELAY or more; come
