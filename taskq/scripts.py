@@ -127,7 +127,9 @@ return 1
 # taskq.writes.Writes.done), each as the index of the job's record in KEYS, of its
 # active list, the result TTL, the raw job, the result, the finish time, how many
 # start values follow (0, 3 or 8), the start values (the last that many of
-# taskq.writes.START_FIELDS).
+# taskq.writes.START_FIELDS). A row's two times, the finish time and started_at
+# (the last start value), are whole microseconds, stored as seconds (as
+# taskq.writes.seconds writes them).
 # Runs a write of several simple commands (HSET, EXPIRE, LREM, HINCRBY, ...) in one
 # call: one reply to read, and nothing written if Redis refuses the first command
 # (out of memory, say: a script stops at its first refused command).
@@ -143,20 +145,26 @@ while i <= last do
 end
 local names = {'task', 'queue', 'args', 'kwargs', 'enqueued_at', 'attempts', 'worker',
                'started_at'}
-local call = redis.call
+local call, format, floor = redis.call, string.format, math.floor
+local function seconds(us)
+  us = tonumber(us)
+  return format('%d.%06d', floor(us / 1000000), us % 1000000)
+end
 while i <= #ARGV do
   local key, starts = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 6])
+  local finished = seconds(ARGV[i + 5])
   if starts == 3 then  -- the bulk: a quick job pushed by taskq
-    call('HSET', key, 'status', 'done', 'result', ARGV[i + 4], 'finished_at', ARGV[i + 5],
-         'attempts', ARGV[i + 7], 'worker', ARGV[i + 8], 'started_at', ARGV[i + 9])
+    call('HSET', key, 'status', 'done', 'result', ARGV[i + 4], 'finished_at', finished,
+         'attempts', ARGV[i + 7], 'worker', ARGV[i + 8], 'started_at', seconds(ARGV[i + 9]))
   elseif starts == 0 then  -- its start was stored on its own
-    call('HSET', key, 'status', 'done', 'result', ARGV[i + 4], 'finished_at', ARGV[i + 5])
+    call('HSET', key, 'status', 'done', 'result', ARGV[i + 4], 'finished_at', finished)
   else
-    local fields = {'status', 'done', 'result', ARGV[i + 4], 'finished_at', ARGV[i + 5]}
+    local fields = {'status', 'done', 'result', ARGV[i + 4], 'finished_at', finished}
     for j = 1, starts do
       fields[#fields + 1] = names[8 - starts + j]
       fields[#fields + 1] = ARGV[i + 6 + j]
     end
+    fields[#fields] = seconds(fields[#fields])  -- started_at
     call('HSET', key, unpack(fields))
   end
   call('EXPIRE', key, ARGV[i + 2])

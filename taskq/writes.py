@@ -37,7 +37,10 @@ Command = tuple[str, str, tuple[Any, ...]]
 ScriptCall = tuple[str, list[str], list[Any]]  # (Lua source, KEYS, ARGV)
 #: A job that ended "done", as only the values its outcome needs: (job key, active
 #: list, result TTL, raw job, result JSON, finished at), then, if its start was not
-#: stored on its own, its start values (see :func:`start_values`).
+#: stored on its own, its start values (see :func:`start_values`). Its two times
+#: (finished at, and started at, the last start value) are whole microseconds
+#: (:func:`micros`): hiredis packs a float through its repr, ~0.5 us each, an int in
+#: a quarter of that; they are stored as seconds (:func:`seconds`).
 DoneRow = tuple[Any, ...]
 #: A job done as its "done" row alone, with the stats hash that counts it (see
 #: :meth:`WriteBuilder.done`).
@@ -96,8 +99,10 @@ class Writes:
     def record_commands(self) -> list[Command]:
         """The record-phase commands, "done" rows expanded."""
         commands = list(self.records)
-        for key, _, ttl, _, result, finished_at, *start in self.done:
-            fields = ["status", "done", "result", result, "finished_at", finished_at]
+        for key, _, ttl, _, result, finished, *start in self.done:
+            fields = ["status", "done", "result", result, "finished_at", seconds(finished)]
+            if start:
+                start[-1] = seconds(start[-1])  # started at
             for name, value in zip(start_names(start), start, strict=True):
                 fields += (name, value)
             commands += (("HSET", key, tuple(fields)), ("EXPIRE", key, (ttl,)))
@@ -183,6 +188,18 @@ def start_values(payload: Payload, queue: str, worker: str, started_at: float) -
     )
 
 
+def micros(t: float) -> int:
+    """``t`` seconds as whole microseconds, as a "done" row carries its times."""
+    return round(t * 1_000_000)
+
+
+def seconds(us: int) -> str:
+    """Whole microseconds as the seconds a "done" row's times are stored as, e.g.
+    "1700000000.250000" (what scripts.APPLY writes too)."""
+    whole, fraction = divmod(us, 1_000_000)
+    return f"{whole}.{fraction:06d}"
+
+
 def start_names(values: Sequence[Any]) -> tuple[str, ...]:
     """The fields of ``values`` (from :func:`start_values`): the last that many of
     START_FIELDS, as scripts.APPLY names them too."""
@@ -257,6 +274,7 @@ class WriteBuilder:
         self.dead_retention = dead_retention
         # (queue, worker) -> (active list, stats hash): made once, not for every job.
         self._done_keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._job_key_prefix = keys.job("")  # a job's key is this and its id
 
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
@@ -375,15 +393,15 @@ class WriteBuilder:
             k = self.keys
             keys = self._done_keys[queue, worker] = (k.active(queue, worker), k.stats(queue))
         row: DoneRow = (
-            self.keys.job(payload.id),
+            self._job_key_prefix + payload.id,
             keys[0],
             self.result_ttl,
             raw,
             result,
-            finished_at,
+            micros(finished_at),
         )
         if started_at is not None:
-            row += start_values(payload, queue, worker, started_at)
+            row += start_values(payload, queue, worker, micros(started_at))
         return row, keys[1]
 
     def _unstall(self, w: Writes, queue: str, payload: Payload) -> Writes:

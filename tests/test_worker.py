@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 from taskq.worker.runner import JobRunner
-from taskq.writes import Outcome, Writes, row_alone, take_batch
+from taskq.writes import Outcome, Writes, micros, row_alone, seconds, take_batch
 
 from . import tasks
 from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
@@ -681,6 +682,15 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
     assert r.hget(KEYS.job(payload.id), "status") == b"done"
 
 
+def test_a_done_rows_times_are_whole_microseconds_stored_as_seconds() -> None:
+    now = time.time()
+    assert abs(float(seconds(micros(now))) - now) <= 0.5e-6
+    assert micros(1700000000.25) == 1_700_000_000_250_000
+    assert seconds(1_700_000_000_250_000) == "1700000000.250000"
+    assert seconds(micros(1.0000004)) == "1.000000"  # rounded to the nearest
+    assert seconds(42) == "0.000042"
+
+
 @pytest.mark.parametrize("recorded", [True, False], ids=["taskq's push", "raw LPUSH"])
 @pytest.mark.parametrize("start_stored", [False, True], ids=["quick", "start stored"])
 def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
@@ -705,7 +715,7 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
         other, _ = tasks.add.payload((3, 4), {})
         r.lpush(active, raw)
         r.hset(stalls, payload.id, 1)
-        started = None if start_stored else 1000.0
+        started = None if start_stored else 1000.00025  # (zero-padded: .000250)
         done = writes.finish("default", "w1", raw, payload, Outcome("done", "3"), started)
         assert len(done.done) == 1  # the compact form
         assert not done.records
@@ -716,7 +726,10 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
         assert not r.hexists(stalls, payload.id)
         assert 0 < r.ttl(KEYS.job(payload.id)) <= app.settings.result_ttl
         record = r.hgetall(KEYS.job(payload.id))
-        assert float(record.pop(b"finished_at")) == pytest.approx(time.time(), abs=60)
+        finished_at = record.pop(b"finished_at")
+        assert isinstance(finished_at, bytes)
+        assert re.fullmatch(rb"\d+\.\d{6}", finished_at)  # whole microseconds
+        assert float(finished_at) == pytest.approx(time.time(), abs=60)
         enqueued_at = record.pop(b"enqueued_at", None)  # only with a whole start
         whole_start = not start_stored and not recorded
         assert enqueued_at == (repr(payload.enqueued_at).encode() if whole_start else None)
@@ -725,7 +738,7 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
     assert records[0] == records[1]
     expected = {b"status": b"done", b"result": b"3"}
     if not start_stored:
-        expected |= {b"attempts": b"2", b"worker": b"w1", b"started_at": b"1000.0"}
+        expected |= {b"attempts": b"2", b"worker": b"w1", b"started_at": b"1000.000250"}
     if not start_stored and not recorded:
         expected |= {b"task": b"add", b"queue": b"default", b"args": b"[1,2]", b"kwargs": b"{}"}
     assert records[0] == expected
