@@ -145,10 +145,10 @@ while i <= last do
 end
 local names = {'task', 'queue', 'args', 'kwargs', 'enqueued_at', 'attempts', 'worker',
                'started_at'}
-local call, format, floor = redis.call, string.format, math.floor
-local function seconds(us)
-  us = tonumber(us)
-  return format('%d.%06d', floor(us / 1000000), us % 1000000)
+local call, sub = redis.call, string.sub
+local function seconds(us)  -- a third of string.format's time
+  if #us > 6 then return sub(us, 1, -7) .. '.' .. sub(us, -6) end
+  return string.format('0.%06d', us)
 end
 while i <= #ARGV do
   local key, starts = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 6])

@@ -682,13 +682,25 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
     assert r.hget(KEYS.job(payload.id), "status") == b"done"
 
 
-def test_a_done_rows_times_are_whole_microseconds_stored_as_seconds() -> None:
+def test_a_done_rows_times_are_whole_microseconds_stored_as_seconds(
+    app: App, r: redis.Redis
+) -> None:
     now = time.time()
     assert abs(float(seconds(micros(now))) - now) <= 0.5e-6
     assert micros(1700000000.25) == 1_700_000_000_250_000
     assert seconds(1_700_000_000_250_000) == "1700000000.250000"
     assert seconds(micros(1.0000004)) == "1.000000"  # rounded to the nearest
     assert seconds(42) == "0.000042"
+    # APPLY writes them as seconds() does, short ones too.
+    for started_at, finished_at in ((now, now + 0.25), (0.5, 1.000042), (0.000001, 0.000042)):
+        payload, raw = tasks.add.payload((1, 2), {})
+        row, _ = app.broker.writes.done("default", "w1", raw, payload, "3", started_at, finished_at)
+        app.broker.apply(Writes(done=[row]))
+        stored = r.hmget(KEYS.job(payload.id), "started_at", "finished_at")
+        assert stored == [
+            seconds(micros(started_at)).encode(),
+            seconds(micros(finished_at)).encode(),
+        ]
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["taskq's push", "raw LPUSH"])
