@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import time
@@ -74,6 +75,35 @@ async def unserialisable() -> Any:
 @app.task
 async def where() -> dict[str, Any]:
     return {"thread": threading.current_thread().name, "loop": True}
+
+
+#: What a job may set for its own code to read (a request id, a tracing span).
+job_var: contextvars.ContextVar[str] = contextvars.ContextVar("job_var")
+
+
+@app.task
+async def sets_a_context_variable(value: str) -> str | None:
+    """Sets job_var; returns what it was as the job started (None: not set)."""
+    before = job_var.get(None)
+    job_var.set(value)
+    await asyncio.sleep(0)
+    return before
+
+
+#: The asyncio tasks jobs of task_in ran in (kept: a freed task's id is reused).
+job_tasks: list[Any] = []
+
+
+@app.task
+async def task_in() -> int:
+    """Which asyncio task the job runs in: its index in job_tasks."""
+    await asyncio.sleep(0)
+    me = asyncio.current_task()
+    for i, task in enumerate(job_tasks):
+        if task is me:
+            return i
+    job_tasks.append(me)
+    return len(job_tasks) - 1
 
 
 @app.task
