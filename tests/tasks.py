@@ -90,22 +90,6 @@ async def sets_a_context_variable(value: str) -> str | None:
     return before
 
 
-#: The asyncio tasks jobs of task_in ran in (kept: a freed task's id is reused).
-job_tasks: list[Any] = []
-
-
-@app.task
-async def task_in() -> int:
-    """Which asyncio task the job runs in: its index in job_tasks."""
-    await asyncio.sleep(0)
-    me = asyncio.current_task()
-    for i, task in enumerate(job_tasks):
-        if task is me:
-            return i
-    job_tasks.append(me)
-    return len(job_tasks) - 1
-
-
 @app.task
 def where_sync() -> dict[str, Any]:
     return {"thread": threading.current_thread().name}

@@ -29,7 +29,7 @@ from taskq.payload import Payload
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
-from taskq.worker.runner import CHAIN_MAX, JobRunner
+from taskq.worker.runner import JobRunner
 from taskq.writes import Outcome, Writes, micros, row_alone, seconds, take_batch
 
 from . import tasks
@@ -429,20 +429,6 @@ def test_a_job_starts_with_no_context_variable_set_by_an_earlier_job(app: App) -
     jobs = [tasks.sets_a_context_variable.push(value) for value in "abc"]
     burst(app, concurrency=1, prefetch=10)
     assert [job.result(timeout=1) for job in jobs] == [None, None, None]
-
-
-def test_a_job_that_leaves_its_task_as_it_found_it_hands_it_to_the_next(app: App) -> None:
-    # A task a job costs ~3 us: the next job waiting runs in the task of the one that
-    # ended, unless that one changed what the task carries (a context variable here).
-    # And a task runs at most CHAIN_MAX jobs: then the loop gets a pass.
-    tasks.job_tasks.clear()
-    first = [tasks.task_in.push() for _ in range(3)]
-    tasks.sets_a_context_variable.push("x")
-    last = [tasks.task_in.push() for _ in range(CHAIN_MAX + 1)]
-    burst(app, concurrency=1, prefetch=20)
-    assert [job.result(timeout=1) for job in first] == [0, 0, 0]
-    # After the job that set a variable: a task of its own, for CHAIN_MAX jobs.
-    assert [job.result(timeout=1) for job in last] == [1] * CHAIN_MAX + [2]
 
 
 def test_a_job_cancelling_its_own_task_frees_its_slot_and_is_put_back(

@@ -36,12 +36,6 @@ _MAX_BACKOFF = 5.0
 #: "queued" to its outcome in one write (half the writes per job).
 START_RECORD_DELAY = 0.05
 
-#: A job task runs at most this many jobs, one after another (see JobRunner._over),
-#: then the next job gets a new task, whose first step waits for the loop's next pass:
-#: jobs that never await would otherwise hold the loop, its I/O and its timers, for as
-#: long as jobs wait.
-CHAIN_MAX = 8
-
 #: How often the runner looks for job tasks that ended without reporting it: cancelled
 #: before they ran by code other than the runner's (a job cancelling its siblings,
 #: say). Their slots are freed then. (A done callback on every task would catch them
@@ -298,70 +292,51 @@ class JobRunner:
             self._start_waiting()
 
     async def _run_reporting(self, queue: str, raw: bytes) -> None:
-        """A job's task: run the job, then report it and hand its outcome to the
-        batcher; then, while jobs wait, run the next one in this same task if the job
-        left it as it found it (see _over). Two levels of coroutine, this one and
-        _outcome_or_abort (which calls the job inline), with plain methods around the
-        await: each level of awaiting costs every step of every job."""
+        """A job's task: run it, then report it and hand its outcome to the batcher.
+        Two levels of coroutine, this one and _outcome_or_abort (which calls the job
+        inline), with plain methods around the await: each level of awaiting costs
+        every step of every job."""
+        on_ran, on_done = self.on_ran, self.on_done
         me = asyncio.current_task(self._loop)
         assert me is not None
-        job: tuple[str, bytes] | None = (queue, raw)
-        runs = 0
-        while job is not None:
-            queue, raw = job
-            runs += 1
-            ended: _Ended | None = None
-            try:
-                began = self._begin(queue, raw)
-                if not isinstance(began, _Running):  # it did not run
-                    ended = began
-                else:
-                    try:
-                        outcome = await self._outcome_or_abort(began, me)
-                    except BaseException:
-                        self._unrecorded.pop(began, None)
-                        if self.metrics:  # cancelled by a shutdown: put back, not finished
-                            self.metrics.in_progress.dec()
-                        raise
-                    ended = self._end(began, outcome)
-            except Exception as exc:
-                log.exception("error running a job, it will run again: %r", exc)
-            except asyncio.CancelledError:
-                # Reported here, not by a done callback on every job's task (a loop
-                # callback a job); a task cancelled before it ran: _report_silent_ends.
-                self._cancelled(me)
-                raise
-            job = self._over(me, queue, ended, runs < CHAIN_MAX)
-
-    def _over(
-        self, me: asyncio.Task[Any], queue: str, ended: _Ended | None, more: bool
-    ) -> tuple[str, bytes] | None:
-        """A job's run is over (``ended``: how; None if it failed inside taskq): pass
-        its slot on, report it, and hand its outcome to the batcher. Returns the next
-        job waiting if this task (``me``) runs it: a task a job costs ~3 us (making it,
-        scheduling its first step, asyncio's weak set of tasks), so a task that the
-        job left as it found it, with no context variable changed and no cancellation
-        pending, runs the next job as a new task would, if it may run ``more``; else
-        that job gets a new task."""
-        # No await in between: a cancellation cannot come in between.
+        ended: _Ended | None = None
+        try:
+            began = self._begin(queue, raw)
+            if not isinstance(began, _Running):  # it did not run
+                ended = began
+            else:
+                try:
+                    outcome = await self._outcome_or_abort(began, me)
+                except BaseException:
+                    self._unrecorded.pop(began, None)
+                    if self.metrics:  # cancelled by a shutdown: put back, not finished
+                        self.metrics.in_progress.dec()
+                    raise
+                ended = self._end(began, outcome)
+        except Exception as exc:
+            log.exception("error running a job, it will run again: %r", exc)
+        except asyncio.CancelledError:
+            # Reported here, not by a done callback on every job's task (a loop
+            # callback a job); a task cancelled before it ran: _report_silent_ends.
+            self._cancelled(me)
+            raise
+        # No await from here on: a cancellation cannot come in between.
         # The run is over: its slot goes to the next job now, not a loop pass later
         # when the task's end is reported (quick jobs would wait a pass each).
-        waiting, following = self._waiting, None
-        if more and waiting and self._starting and self._as_found(me):
-            following = waiting.popleft()  # in this task, which keeps its slot
-        else:
-            self._tasks.discard(me)
-            if waiting:
-                self._start_waiting()
-        if waiting and self.ahead is not None and not self._giving_back:
-            wanted = self.ahead()
-            if len(waiting) - wanted > max(wanted, self.concurrency):
-                self._give_back_excess(len(waiting) - wanted)
+        self._tasks.discard(me)
+        waiting = self._waiting
+        if waiting:
+            self._start_waiting()
+            ahead = self.ahead
+            if ahead is not None and not self._giving_back:
+                wanted = ahead()
+                if len(waiting) - wanted > max(wanted, self.concurrency):
+                    self._give_back_excess(len(waiting) - wanted)
         if ended is None:
-            self.on_ran(None)
-            self.on_done("error", 1)
-            return following
-        self.on_ran(ended.run_time)
+            on_ran(None)
+            on_done("error", 1)
+            return
+        on_ran(ended.run_time)
         # A job done is logged at INFO (skipped at once when that is off): else all
         # that is left once its outcome is stored is to count it, with its batch.
         ran = ended.run_time is not None
@@ -369,13 +344,6 @@ class JobRunner:
             self.batcher.submit_done(ended.writes)
         else:
             self._submit(queue, ended)
-        return following
-
-    def _as_found(self, me: asyncio.Task[Any]) -> bool:
-        """Whether the task ``me`` is as a new job task would be: no cancellation
-        asked of it, and its context variables as every job task's start (a job's
-        own changes to them must not reach the next job)."""
-        return not me.cancelling() and contextvars.copy_context() == self._context
 
     def _submit(self, queue: str, ended: _Ended) -> None:
         """Hand the writes of a job that ended to the batcher, with what to do once
