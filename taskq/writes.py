@@ -263,6 +263,14 @@ class Outcome:
     due: float | None = None  # when a retry runs
 
 
+#: A producer adds a queue to the set of queue names (what ``taskq queues`` and the
+#: dashboard list) with its first push there, then with a push at most once per this
+#: many seconds: a command less for every other push. Nothing removes a name from the
+#: set, and every worker adds its queues at each heartbeat; this only puts a name
+#: back within a minute if the set was deleted by hand.
+REGISTER_EVERY = 60.0
+
+
 class WriteBuilder:
     """Builds the :class:`Writes` of each change, given the key space and settings."""
 
@@ -275,6 +283,7 @@ class WriteBuilder:
         # (queue, worker) -> (active list, stats hash): made once, not for every job.
         self._done_keys: dict[tuple[str, str], tuple[str, str]] = {}
         self._job_key_prefix = keys.job("")  # a job's key is this and its id
+        self._registered: dict[str, float] = {}  # queue -> when to add its name again
 
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
@@ -292,7 +301,10 @@ class WriteBuilder:
             w.queue.append(("LPUSH", k.queue(queue), raws))
         else:
             w.queue.append(("ZADD", k.delayed(queue), tuple(x for r in raws for x in (due, r))))
-        w.records.append(("SADD", k.queues(), (queue,)))
+        now = time.monotonic()
+        if now >= self._registered.get(queue, 0.0):
+            self._registered[queue] = now + REGISTER_EVERY
+            w.records.append(("SADD", k.queues(), (queue,)))
         return w
 
     def start(self, queue: str, worker: str, payload: Payload, started_at: float) -> Writes:

@@ -30,7 +30,7 @@ from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 from taskq.worker.runner import JobRunner
-from taskq.writes import Outcome, Writes, micros, row_alone, seconds, take_batch
+from taskq.writes import REGISTER_EVERY, Outcome, Writes, micros, row_alone, seconds, take_batch
 
 from . import tasks
 from .helpers import as_text, blocked_moves, until_blocked, wait_event, worker_thread
@@ -1095,3 +1095,20 @@ def test_through_redis_py_several_queues_are_waited_on_in_turn(app: App, r: redi
         assert r.lrange(KEYS.active("b", "w"), 0, -1) == [b"job-b"]
     finally:
         broker.close()
+
+
+def test_a_producer_names_its_queue_with_its_first_push_then_once_a_minute(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The set of queue names only grows: adding the name with every push was a
+    # command in five of a one-at-a-time push's.
+    r.config_resetstat()
+    for i in range(3):
+        tasks.add.push(i, i)
+    assert r.smembers("taskq:queues") == {b"default"}
+    assert r.info("commandstats")["cmdstat_sadd"]["calls"] == 1
+    r.delete("taskq:queues")  # by hand: back within REGISTER_EVERY seconds
+    later = time.monotonic() + REGISTER_EVERY
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    tasks.add.push(3, 3)
+    assert r.smembers("taskq:queues") == {b"default"}
