@@ -42,6 +42,9 @@ PUSH_BATCH = 2000
 _LUA_MAX_ARGS = 7000
 #: Jobs a master moves from the delayed set to the queue in one step.
 PROMOTE_BATCH = 1000
+#: How long the note of a worker's last fetch is kept (milliseconds): it only serves a
+#: fetch sent again after a lost reply, and is deleted with the worker's active list.
+FETCHED_MS = 86_400_000
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,8 @@ class Broker:
         self._own_lock = threading.Lock()
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
         self._unblock_refused = False
+        self._fetches = 0  # the master's fetches so far: each one's token
+        self._unsettled: dict[str, str] = {}  # queue -> token of a fetch not answered
         self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
         self._fetch_many = self._script(scripts.FETCH_MANY)
@@ -422,14 +427,33 @@ class Broker:
 
     # -- the master ------------------------------------------------------------------
     def fetch(self, queue: str, worker: str, n: int) -> list[bytes]:
-        """Move up to ``n`` jobs into the worker's active list at once, without waiting."""
-        src, dst = self.keys.queue(queue), self.keys.active(queue, worker)
-        if n == 1:
-            one = self.client.lmove(src, dst, "RIGHT", "LEFT")
-            return [one] if one is not None else []
-        if self._raw:
-            return list(self._call(("EVAL", scripts.FETCH_MANY, 2, src, dst, n)))
-        return list(self._fetch_many(keys=[src, dst], args=[n]))
+        """Move up to ``n`` jobs into the worker's active list at once, without waiting.
+
+        A fetch that fails on a lost connection may have moved jobs whose reply never
+        came: the queue is then :meth:`unsettled`, and its next fetch is sent again
+        under the same token, which returns those jobs instead of moving more (see
+        FETCH_MANY). Without that they would lie in the active list, run by no one,
+        until the worker stopped."""
+        k = self.keys
+        token = self._unsettled.get(queue)
+        if token is None:
+            self._fetches += 1
+            token = str(self._fetches)
+        command = (k.queue(queue), k.active(queue, worker), k.fetched(queue, worker), n, token)
+        try:
+            if self._raw:
+                raws = self._call(("EVAL", scripts.FETCH_MANY, 3, *command, FETCHED_MS))
+            else:
+                raws = self._fetch_many(keys=command[:3], args=[n, token, FETCHED_MS])
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._unsettled[queue] = token  # it may have run: ask again, same token
+            raise
+        self._unsettled.pop(queue, None)
+        return list(raws)
+
+    def unsettled(self) -> list[str]:
+        """The queues whose last fetch may have moved jobs that were never seen."""
+        return list(self._unsettled)
 
     def fetch_blocking(self, queue: str, worker: str, timeout: float) -> bytes | None:
         """Wait inside Redis up to ``timeout`` seconds for one job and move it."""
@@ -541,7 +565,9 @@ class Broker:
         """
         active = self.keys.active(queue, worker)
         raws = self.client.lrange(active, 0, -1)
-        moved = self._put_back(keys=[active, self.keys.queue(queue)])
+        moved = self._put_back(
+            keys=[active, self.keys.queue(queue), self.keys.fetched(queue, worker)]
+        )
         ids = [i for i in (peek_id(r) for r in raws[:moved]) if i is not None]
         self._mark(ids, {"status": "queued", "worker": ""})
         return ids
@@ -621,7 +647,11 @@ class Broker:
     def forget_worker(self, queue: str, worker: str, dead_before: float) -> bool:
         return bool(
             self._forget_worker(
-                keys=[self.keys.active(queue, worker), self.keys.workers(queue)],
+                keys=[
+                    self.keys.active(queue, worker),
+                    self.keys.workers(queue),
+                    self.keys.fetched(queue, worker),
+                ],
                 args=[worker, repr(dead_before)],
             )
         )

@@ -12,6 +12,8 @@ key                            type    holds / lifetime
                                        producers LPUSH, workers take from the right
 ``taskq:{Q}:active:W``         list    jobs worker W has taken and not yet finished;
                                        a job leaves only once its outcome is written
+``taskq:{Q}:fetched:W``        string  token and job count of W's last fetch (a fetch
+                                       whose reply was lost is sent again); a day
 ``taskq:{Q}:delayed``          zset    raw job -> time it is due (delayed pushes and
                                        retries waiting for their backoff)
 ``taskq:{Q}:workers``          zset    W -> time of W's last heartbeat; a W older than
@@ -57,6 +59,9 @@ class Keys:
 
     def active(self, q: str, worker: str) -> str:
         return f"{self.prefix}:{{{q}}}:active:{worker}"
+
+    def fetched(self, q: str, worker: str) -> str:
+        return f"{self.prefix}:{{{q}}}:fetched:{worker}"
 
     def delayed(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:delayed"

@@ -4,20 +4,36 @@ Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash t
 so each script runs in one Redis Cluster slot.
 """
 
-# KEYS: queue, active. ARGV: how many. Moves up to that many jobs, oldest first.
+# KEYS: queue, active, fetched. ARGV: how many, the fetch's token. Moves up to that
+# many jobs, oldest first, and notes the token and how many it moved in `fetched`.
+# Sent again with the same token (its reply was lost), it moves nothing and returns
+# the jobs that fetch moved: they are still at the active list's head, where nothing
+# but a fetch pushes (a fetch with another token would have replaced the note).
 FETCH_MANY = """
+local note = redis.call('GET', KEYS[3])
+if note then
+  local cut = string.find(note, ' ', 1, true)
+  if string.sub(note, 1, cut - 1) == ARGV[2] then
+    return redis.call('LRANGE', KEYS[2], 0, tonumber(string.sub(note, cut + 1)) - 1)
+  end
+end
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not v then break end
   out[i] = v
 end
+if #out > 0 then
+  redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. #out, 'PX', ARGV[3])
+end
 return out
 """
 
-# KEYS: active, queue. Puts every job of the active list back at the end of the queue
-# that workers take from, the oldest job frontmost.
+# KEYS: active, queue, fetched. Puts every job of the active list back at the end of
+# the queue that workers take from, the oldest job frontmost, and forgets the note of
+# the worker's last fetch.
 PUT_BACK = """
+redis.call('DEL', KEYS[3])
 local n = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
@@ -102,13 +118,14 @@ redis.call('RPUSH', KEYS[2], ARGV[8])
 return 1
 """
 
-# KEYS: active of W, workers. ARGV: W, dead-before. Forgets a dead worker whose
-# active list is empty.
+# KEYS: active of W, workers, fetched of W. ARGV: W, dead-before. Forgets a dead
+# worker whose active list is empty, and the note of its last fetch.
 FORGET_WORKER = """
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if beat and tonumber(beat) > tonumber(ARGV[2]) then return 0 end
 if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
 return 1
 """
 

@@ -3,6 +3,8 @@ scraping a worker's metrics."""
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -99,3 +101,59 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+class LossyProxy:
+    """A TCP proxy to a Redis server that can lose a reply for real: the command goes
+    through and Redis runs it, then the connection is cut before its reply reaches
+    the client (a network failure at the worst moment)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._marker: bytes | None = None
+        self.lost = threading.Event()  # set once a reply was lost
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        """Cut the connection that next sends a command containing ``marker``, as
+        soon as its reply starts to come back."""
+        self._marker = marker
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        doomed = False
+        try:
+            while True:
+                ready, _, _ = select.select([client, server], [], [])
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        if self._marker is not None and self._marker in data:
+                            self._marker, doomed = None, True
+                        server.sendall(data)
+                    elif doomed:  # the reply: never delivered
+                        self.lost.set()
+                        return
+                    else:
+                        client.sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            server.close()

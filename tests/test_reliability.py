@@ -13,14 +13,14 @@ import pytest
 import redis
 
 import taskq
-from taskq import App
+from taskq import App, Worker, scripts
 from taskq.broker import Broker
 from taskq.keys import Keys
 from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
 
 from . import tasks
-from .helpers import start_worker, wait_event, worker_thread
+from .helpers import LossyProxy, start_worker, tasks_app_at, wait_event, worker_thread
 from .redis_server import RedisServer
 
 KEYS = Keys()
@@ -343,6 +343,59 @@ def test_dead_letters_cli_lists_retries_and_purges(
 
 
 # -- Redis outages ------------------------------------------------------------------------
+FETCH = scripts.FETCH_MANY.encode()
+
+
+def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    proxy = LossyProxy(redis_server.port)
+    broker = Broker(redis.Redis.from_url(proxy.url))
+    queue, active = KEYS.queue("default"), KEYS.active("default", "w1")
+    try:
+        r.lpush(queue, b"a", b"b", b"c", b"d", b"e")
+        assert broker.fetch("default", "w1", 1) == [b"a"]
+        proxy.lose_reply_to(FETCH)
+        with pytest.raises(redis.ConnectionError):
+            broker.fetch("default", "w1", 2)
+        assert proxy.lost.is_set()
+        assert r.lrange(active, 0, -1) == [b"c", b"b", b"a"]  # it ran: b and c moved
+        assert broker.unsettled() == ["default"]
+        r.lpush(queue, b"f")
+        # Sent again: the jobs it moved, none more, however many are asked for.
+        assert broker.fetch("default", "w1", 4) == [b"c", b"b"]
+        assert broker.unsettled() == []
+        assert r.lrange(queue, 0, -1) == [b"f", b"e", b"d"]
+        assert broker.fetch("default", "w1", 4) == [b"d", b"e", b"f"]  # then on as before
+        assert r.exists(KEYS.fetched("default", "w1"))
+        broker.put_back("default", "w1")
+        assert r.llen(queue) == 6
+        assert not r.exists(KEYS.fetched("default", "w1"))  # forgotten with the list
+    finally:
+        broker.close()
+        proxy.close()
+
+
+def test_a_worker_runs_every_job_of_a_fetch_whose_reply_was_lost(
+    redis_server: RedisServer, redis_url: str, r: redis.Redis
+) -> None:
+    proxy = LossyProxy(redis_server.port)
+    try:
+        with tasks_app_at(proxy.url) as app:
+            tasks.seen.clear()
+            tasks.record.push_many([(n,) for n in range(60)])
+            proxy.lose_reply_to(FETCH)  # the master's first fetch
+            stats = Worker(app, burst=True, handle_signals=False, concurrency=10).run()
+            assert proxy.lost.is_set()
+        # Each job ran once, in this worker: none lay in its active list until it stopped.
+        assert sorted(tasks.seen) == list(range(60))
+        assert stats.done == 60
+        assert stats.put_back == 0
+        assert r.llen(KEYS.queue("default")) == 0
+    finally:
+        proxy.close()
+
+
 @pytest.fixture
 def aof_redis() -> Iterator[RedisServer]:
     server = RedisServer(appendonly=True)

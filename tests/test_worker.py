@@ -177,6 +177,24 @@ def test_raw_lpush_without_id_runs_and_gets_an_id(app: App, r: redis.Redis) -> N
     assert app.job(ids[0]).result(timeout=1) == 42
 
 
+def test_a_job_given_an_id_keeps_its_place_in_the_active_list(
+    redis_url: str, r: redis.Redis
+) -> None:
+    # Not at the head, where only fetches push: a fetch sent again after a lost reply
+    # takes its jobs from there (see FETCH_MANY).
+    broker = Broker(redis.Redis.from_url(redis_url))
+    active = KEYS.active("default", "w1")
+    try:
+        r.rpush(active, b"fetched last", b"old", b"fetched first")
+        broker.apply(broker.writes.give_id("default", "w1", b"old", b"old, with an id"))
+        assert r.lrange(active, 0, -1) == [b"fetched last", b"old, with an id", b"fetched first"]
+        # Gone meanwhile (recovered by another worker): nothing is added.
+        broker.apply(broker.writes.give_id("default", "w1", b"gone", b"gone, with an id"))
+        assert r.llen(active) == 3
+    finally:
+        broker.close()
+
+
 def test_garbage_in_the_queue_is_dead_lettered_and_nothing_else_is_lost(
     app: App, r: redis.Redis
 ) -> None:

@@ -394,9 +394,11 @@ class Worker:
         return max(timeout, 0.01)  # 0 would block forever
 
     def _take(self, broker: Broker, free: int) -> int:
-        """Take up to ``free`` jobs; block inside Redis only if every queue is empty."""
+        """Take up to ``free`` jobs; block inside Redis only if every queue is empty.
+        A queue whose last fetch went unanswered is asked again first (see
+        :meth:`Broker.fetch`): the jobs it moved are this worker's to run."""
         self._promote_due(broker)
-        for queue in self.queues:
+        for queue in (*broker.unsettled(), *self.queues):
             raws = broker.fetch(queue, self.id, free)
             if raws:
                 self._dispatch(queue, raws)
