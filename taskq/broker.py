@@ -187,6 +187,10 @@ class Broker:
         self._unblock_refused = False
         self._fetches = 0  # the master's fetches so far: each one's token
         self._unsettled: dict[str, str] = {}  # queue -> token of a fetch not answered
+        #: Queues whose blocking wait failed on a lost connection: it may have moved a
+        #: job whose reply never came. The master puts back the worker's active list of
+        #: each once it holds no job (see Worker._put_back_lost), and empties this.
+        self.lost_waits: set[str] = set()
         self.writes = WriteBuilder(self.keys, result_ttl, dead_retention)
         self._scripts: dict[str, Any] = {}
         self._fetch_many = self._script(scripts.FETCH_MANY)
@@ -456,10 +460,15 @@ class Broker:
         return list(self._unsettled)
 
     def fetch_blocking(self, queue: str, worker: str, timeout: float) -> bytes | None:
-        """Wait inside Redis up to ``timeout`` seconds for one job and move it."""
-        got: bytes | None = self.client.blmove(
-            self.keys.queue(queue), self.keys.active(queue, worker), timeout, "RIGHT", "LEFT"
-        )
+        """Wait inside Redis up to ``timeout`` seconds for one job and move it. A wait
+        that fails on a lost connection may have moved a job: see :attr:`lost_waits`."""
+        try:
+            got: bytes | None = self.client.blmove(
+                self.keys.queue(queue), self.keys.active(queue, worker), timeout, "RIGHT", "LEFT"
+            )
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.lost_waits.add(queue)
+            raise
         return got
 
     def fetch_blocking_any(
@@ -498,7 +507,10 @@ class Broker:
         except BaseException:
             for conn in conns:  # replies may be left unread: never reuse them as they are
                 conn.disconnect()
+            self.lost_waits.update(queues)
             raise
+        finally:
+            self.lost_waits.update(queues[n] for n in waits.failed())
         return [(queues[n], raw) for n, raw in waits.moves()]
 
     def _wait_any(self, waits: _Waits, queues: Sequence[str], worker: str, timeout: float) -> None:
@@ -854,6 +866,10 @@ class _Waits:
                 if not selector.select(left):
                     return None
         return None
+
+    def failed(self) -> list[int]:
+        """The waits whose connection failed."""
+        return sorted(self._failed)
 
     def same_server(self, n: int, m: int) -> bool:
         """Whether waits ``n`` and ``m`` are connected to the same server."""

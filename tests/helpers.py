@@ -114,13 +114,16 @@ class LossyProxy:
         self.port = self._listener.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._marker: bytes | None = None
+        self._after = 0
+        self.doomed = threading.Event()  # set once the command whose reply is lost went by
         self.lost = threading.Event()  # set once a reply was lost
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def lose_reply_to(self, marker: bytes) -> None:
+    def lose_reply_to(self, marker: bytes, after: int = 0) -> None:
         """Cut the connection that next sends a command containing ``marker``, as
-        soon as its reply starts to come back."""
-        self._marker = marker
+        soon as its reply starts to come back (``after`` replies of commands sent
+        with it still go through: each must come back alone)."""
+        self._marker, self._after = marker, after
 
     def close(self) -> None:
         self._listener.close()
@@ -135,7 +138,7 @@ class LossyProxy:
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
-        doomed = False
+        doomed, passing = False, 0
         try:
             while True:
                 ready, _, _ = select.select([client, server], [], [])
@@ -145,8 +148,12 @@ class LossyProxy:
                         return
                     if sock is client:
                         if self._marker is not None and self._marker in data:
-                            self._marker, doomed = None, True
+                            self._marker, doomed, passing = None, True, self._after
+                            self.doomed.set()
                         server.sendall(data)
+                    elif doomed and passing:
+                        passing -= 1
+                        client.sendall(data)
                     elif doomed:  # the reply: never delivered
                         self.lost.set()
                         return

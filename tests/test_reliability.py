@@ -20,7 +20,14 @@ from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
 
 from . import tasks
-from .helpers import LossyProxy, start_worker, tasks_app_at, wait_event, worker_thread
+from .helpers import (
+    LossyProxy,
+    start_worker,
+    tasks_app_at,
+    until_blocked,
+    wait_event,
+    worker_thread,
+)
 from .redis_server import RedisServer
 
 KEYS = Keys()
@@ -340,6 +347,26 @@ def test_dead_letters_cli_lists_retries_and_purges(
     purged = runner.invoke(main, ["purge", "--yes"], env=env)
     assert purged.exit_code == 0
     assert r.hlen(KEYS.dead_data("default")) == 0
+
+
+@pytest.mark.parametrize(
+    ("queues", "before"),
+    [(("default",), 0), (("default", "other"), 1)],  # one wait on several: CLIENT ID first
+)
+def test_a_job_moved_by_a_wait_whose_reply_was_lost_runs_once_the_worker_is_idle(
+    redis_server: RedisServer, r: redis.Redis, queues: tuple[str, ...], before: int
+) -> None:
+    proxy = LossyProxy(redis_server.port)
+    try:
+        with tasks_app_at(proxy.url) as app, worker_thread(app, queues=queues):
+            proxy.lose_reply_to(b"BLMOVE", after=before)  # the idle master's next wait
+            assert proxy.doomed.wait(10)
+            until_blocked(r, len(queues))
+            job = tasks.add.push(20, 22)  # moved by that wait, which never hears of it
+            assert job.result(timeout=15) == 42
+            assert proxy.lost.is_set()
+    finally:
+        proxy.close()
 
 
 # -- Redis outages ------------------------------------------------------------------------

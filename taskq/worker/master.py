@@ -304,6 +304,7 @@ class Worker:
                 self._run_cron(broker)
                 if free == 0:
                     continue
+                self._put_back_lost(broker)
                 got = self._take(broker, free)
                 backoff = 0.0
             except REDIS_ERRORS as exc:
@@ -313,6 +314,28 @@ class Worker:
                 continue
             if got == 0 and self.burst:
                 self._burst_wait(seen)
+
+    def _put_back_lost(self, broker: Broker) -> None:
+        """A blocking wait whose reply was lost may have moved a job into this worker's
+        active list that it never saw. Once the worker holds no job, all that is left
+        in that list is such a job, or one left there on purpose (its outcome could not
+        be stored, its task was cancelled by a job's code), which would run again once
+        the worker stopped: put them back on their queue now."""
+        lost = broker.lost_waits
+        if not lost:
+            return
+        with self._slots:
+            if self._in_flight:
+                return
+        for queue in sorted(lost):
+            ids = broker.put_back(queue, self.id)
+            lost.discard(queue)
+            if ids:
+                log.warning(
+                    "put back %d job(s) of queue %r that a lost connection had left unseen",
+                    len(ids),
+                    queue,
+                )
 
     def _promote_due(self, broker: Broker) -> None:
         """Move due delayed jobs (delayed pushes, retries) onto their queues.
