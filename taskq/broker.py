@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import selectors
 import threading
 import time
@@ -185,8 +186,10 @@ class Broker:
         self._own_lock = threading.Lock()
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
         self._unblock_refused = False
-        self._fetches = 0  # the master's fetches so far: each one's token
-        self._unsettled: dict[str, str] = {}  # queue -> token of a fetch not answered
+        # Fetches are numbered, under a name of this broker's own (see FETCH_MANY).
+        self._fetcher = secrets.token_hex(4)
+        self._fetches = 0
+        self._unsettled: dict[str, int] = {}  # queue -> number of a fetch not answered
         #: Queues whose blocking wait failed on a lost connection: it may have moved a
         #: job whose reply never came. The master puts back the worker's active list of
         #: each once it holds no job (see Worker._put_back_lost), and empties this.
@@ -435,22 +438,25 @@ class Broker:
 
         A fetch that fails on a lost connection may have moved jobs whose reply never
         came: the queue is then :meth:`unsettled`, and its next fetch is sent again
-        under the same token, which returns those jobs instead of moving more (see
+        under the same number, which returns those jobs instead of moving more (see
         FETCH_MANY). Without that they would lie in the active list, run by no one,
         until the worker stopped."""
         k = self.keys
-        token = self._unsettled.get(queue)
-        if token is None:
+        number = self._unsettled.get(queue)
+        if number is None:
             self._fetches += 1
-            token = str(self._fetches)
-        command = (k.queue(queue), k.active(queue, worker), k.fetched(queue, worker), n, token)
+            number = self._fetches
+        keys = (k.queue(queue), k.active(queue, worker), k.fetched(queue, worker))
+        args = (n, self._fetcher, number, FETCHED_MS)
         try:
             if self._raw:
-                raws = self._call(("EVAL", scripts.FETCH_MANY, 3, *command, FETCHED_MS))
+                raws = self._call(("EVAL", scripts.FETCH_MANY, 3, *keys, *args))
             else:
-                raws = self._fetch_many(keys=command[:3], args=[n, token, FETCHED_MS])
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._unsettled[queue] = token  # it may have run: ask again, same token
+                raws = self._fetch_many(keys=keys, args=args)
+        except BaseException:
+            # It may have run (a cluster's client, say, reports a lost reply as it
+            # can): ask again with the same number, which moves nothing if it had not.
+            self._unsettled[queue] = number
             raise
         self._unsettled.pop(queue, None)
         return list(raws)

@@ -12,8 +12,8 @@ key                            type    holds / lifetime
                                        producers LPUSH, workers take from the right
 ``taskq:{Q}:active:W``         list    jobs worker W has taken and not yet finished;
                                        a job leaves only once its outcome is written
-``taskq:{Q}:fetched:W``        string  token and job count of W's last fetch (a fetch
-                                       whose reply was lost is sent again); a day
+``taskq:{Q}:fetched:W``        string  W's last fetch: its number and job count (a
+                                       fetch whose reply was lost is sent again); a day
 ``taskq:{Q}:delayed``          zset    raw job -> time it is due (delayed pushes and
                                        retries waiting for their backoff)
 ``taskq:{Q}:workers``          zset    W -> time of W's last heartbeat; a W older than

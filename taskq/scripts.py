@@ -4,17 +4,27 @@ Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash t
 so each script runs in one Redis Cluster slot.
 """
 
-# KEYS: queue, active, fetched. ARGV: how many, the fetch's token. Moves up to that
-# many jobs, oldest first, and notes the token and how many it moved in `fetched`.
-# Sent again with the same token (its reply was lost), it moves nothing and returns
-# the jobs that fetch moved: they are still at the active list's head, where nothing
-# but a fetch pushes (a fetch with another token would have replaced the note).
+# KEYS: queue, active, fetched. ARGV: how many, the fetcher's name, the fetch's number,
+# how long to keep the note (ms). Moves up to that many jobs, oldest first, and notes
+# in `fetched` the fetcher, the fetch's number and how many it moved. Sent again (its
+# reply was lost) it moves nothing: it returns the jobs it moved, still at the head
+# of the active list, where nothing but a fetch pushes; and a fetch older than the
+# note (held up on a dead connection, arriving after its retry) moves nothing.
 FETCH_MANY = """
 local note = redis.call('GET', KEYS[3])
 if note then
-  local cut = string.find(note, ' ', 1, true)
-  if string.sub(note, 1, cut - 1) == ARGV[2] then
-    return redis.call('LRANGE', KEYS[2], 0, tonumber(string.sub(note, cut + 1)) - 1)
+  local who, number, count = string.match(note, '^(%S+) (%d+) (%d+)$')
+  if who == ARGV[2] then
+    number = tonumber(number)
+    local mine = tonumber(ARGV[3])
+    if number > mine then return {} end
+    if number == mine then
+      if count == '0' then return {} end
+      local back = redis.call('LRANGE', KEYS[2], 0, tonumber(count) - 1)
+      local out = {}
+      for i = #back, 1, -1 do out[#out + 1] = back[i] end
+      return out
+    end
   end
 end
 local out = {}
@@ -23,9 +33,7 @@ for i = 1, tonumber(ARGV[1]) do
   if not v then break end
   out[i] = v
 end
-if #out > 0 then
-  redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. #out, 'PX', ARGV[3])
-end
+redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #out, 'PX', ARGV[4])
 return out
 """
 
@@ -41,16 +49,27 @@ return n
 
 # KEYS: active, queue. ARGV: jobs taken ahead that a worker gives back, newest first.
 # Puts each that is still in the active list back at the end of the queue that
-# workers take from, so the oldest is taken first again; returns how many.
+# workers take from, so the oldest is taken first again; returns how many. Each is
+# looked for from the tail: of two identical jobs, the one at the head may be a lost
+# fetch's (see FETCH_MANY), never the worker's own.
 GIVE_BACK = """
 local n = 0
 for i = 1, #ARGV do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i])
     n = n + 1
   end
 end
 return n
+"""
+
+# KEYS: active. ARGV: a job pushed without an id, the job with the id a worker gave
+# it. Puts the new form in the old one's place (the oldest identical copy: from the
+# tail, as in GIVE_BACK); returns its index, or nil if the job is no longer there.
+GIVE_ID = """
+local i = redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1)
+if i then redis.call('LSET', KEYS[1], i, ARGV[2]) end
+return i
 """
 
 # KEYS: active, dead, dead data, stats, stalls. ARGV: raw job, dead-letter id, entry

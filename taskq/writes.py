@@ -472,9 +472,8 @@ class WriteBuilder:
 
     def give_id(self, queue: str, worker: str, raw: bytes, new_raw: bytes) -> Writes:
         """Store a job pushed without an id under the id the worker gave it: the new
-        form goes in before the old one leaves, so the job is never out of the list,
-        and in its place, not at the head, where only fetches push (see FETCH_MANY)."""
-        active = self.keys.active(queue, worker)
+        form replaces the old in one step and in its place, not at the head, where
+        only fetches push (see FETCH_MANY)."""
         return Writes(
-            queue=[("LINSERT", active, ("BEFORE", raw, new_raw)), ("LREM", active, (1, raw))]
+            scripts=[(scripts.GIVE_ID, [self.keys.active(queue, worker)], [raw, new_raw])]
         )

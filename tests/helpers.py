@@ -3,6 +3,7 @@ scraping a worker's metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -115,6 +116,7 @@ class LossyProxy:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._marker: bytes | None = None
         self._after = 0
+        self._sockets: set[socket.socket] = set()
         self.doomed = threading.Event()  # set once the command whose reply is lost went by
         self.lost = threading.Event()  # set once a reply was lost
         threading.Thread(target=self._accept, daemon=True).start()
@@ -126,19 +128,26 @@ class LossyProxy:
         self._marker, self._after = marker, after
 
     def close(self) -> None:
+        """Stop accepting and cut every connection."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._listener.close()
+        for sock in list(self._sockets):
+            sock.close()
 
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target))
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets.update((client, server))
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         doomed, passing = False, 0
+        sent = b""  # the end of what the client sent: a marker may span two reads
         try:
             while True:
                 ready, _, _ = select.select([client, server], [], [])
@@ -147,7 +156,9 @@ class LossyProxy:
                     if not data:
                         return
                     if sock is client:
-                        if self._marker is not None and self._marker in data:
+                        marker = self._marker
+                        sent = sent[-len(marker) :] + data if marker else b""
+                        if marker is not None and marker in sent:
                             self._marker, doomed, passing = None, True, self._after
                             self.doomed.set()
                         server.sendall(data)
@@ -164,3 +175,4 @@ class LossyProxy:
         finally:
             client.close()
             server.close()
+            self._sockets.difference_update((client, server))

@@ -390,14 +390,32 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         assert broker.unsettled() == ["default"]
         r.lpush(queue, b"f")
         # Sent again: the jobs it moved, none more, however many are asked for.
-        assert broker.fetch("default", "w1", 4) == [b"c", b"b"]
+        assert broker.fetch("default", "w1", 4) == [b"b", b"c"]
         assert broker.unsettled() == []
         assert r.lrange(queue, 0, -1) == [b"f", b"e", b"d"]
         assert broker.fetch("default", "w1", 4) == [b"d", b"e", b"f"]  # then on as before
-        assert r.exists(KEYS.fetched("default", "w1"))
+        # The lost fetch itself, held up on its dead connection, reaching Redis only
+        # now: older than the last fetch, it moves nothing.
+        fetched = KEYS.fetched("default", "w1")
+        r.lpush(queue, b"g")
+        lost_number = broker._fetches - 1
+        late = r.eval(
+            scripts.FETCH_MANY, 3, queue, active, fetched, 2, broker._fetcher, lost_number, 60_000
+        )
+        assert late == []
+        # A lost fetch that had moved nothing: sent again, it returns nothing (not the
+        # whole active list); the fetch after it takes the job.
+        r.delete(queue)
+        proxy.lose_reply_to(FETCH)
+        with pytest.raises(redis.ConnectionError):
+            broker.fetch("default", "w1", 2)
+        r.lpush(queue, b"h")
+        assert broker.fetch("default", "w1", 2) == []
+        assert broker.fetch("default", "w1", 2) == [b"h"]
+        assert r.exists(fetched)
         broker.put_back("default", "w1")
-        assert r.llen(queue) == 6
-        assert not r.exists(KEYS.fetched("default", "w1"))  # forgotten with the list
+        assert r.llen(queue) == 7
+        assert not r.exists(fetched)  # forgotten with the list
     finally:
         broker.close()
         proxy.close()

@@ -177,7 +177,7 @@ def test_raw_lpush_without_id_runs_and_gets_an_id(app: App, r: redis.Redis) -> N
     assert app.job(ids[0]).result(timeout=1) == 42
 
 
-def test_a_job_given_an_id_keeps_its_place_in_the_active_list(
+def test_giving_an_id_or_giving_back_leaves_the_active_lists_head_alone(
     redis_url: str, r: redis.Redis
 ) -> None:
     # Not at the head, where only fetches push: a fetch sent again after a lost reply
@@ -191,6 +191,15 @@ def test_a_job_given_an_id_keeps_its_place_in_the_active_list(
         # Gone meanwhile (recovered by another worker): nothing is added.
         broker.apply(broker.writes.give_id("default", "w1", b"gone", b"gone, with an id"))
         assert r.llen(active) == 3
+        # Of identical jobs, the oldest is the worker's own: the newest may be a fetch's
+        # whose reply was lost. Giving an id and giving back both take from the tail.
+        r.delete(active)
+        r.rpush(active, b"same", b"other", b"same")
+        broker.apply(broker.writes.give_id("default", "w1", b"same", b"same, with an id"))
+        assert r.lrange(active, 0, -1) == [b"same", b"other", b"same, with an id"]
+        r.rpush(active, b"other")
+        broker.apply(broker.writes.give_back("default", "w1", [b"other"]))
+        assert r.lrange(active, 0, -1) == [b"same", b"other", b"same, with an id"]
     finally:
         broker.close()
 
