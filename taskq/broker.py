@@ -443,11 +443,12 @@ class Broker:
         until the worker stopped."""
         k = self.keys
         number = self._unsettled.get(queue)
+        again = number is not None
         if number is None:
             self._fetches += 1
             number = self._fetches
         keys = (k.queue(queue), k.active(queue, worker), k.fetched(queue, worker))
-        args = (n, self._fetcher, number, FETCHED_MS)
+        args = (n, self._fetcher, number, FETCHED_MS, int(again))
         try:
             if self._raw:
                 raws = self._call(("EVAL", scripts.FETCH_MANY, 3, *keys, *args))

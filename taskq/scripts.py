@@ -5,11 +5,12 @@ so each script runs in one Redis Cluster slot.
 """
 
 # KEYS: queue, active, fetched. ARGV: how many, the fetcher's name, the fetch's number,
-# how long to keep the note (ms). Moves up to that many jobs, oldest first, and notes
-# in `fetched` the fetcher, the fetch's number and how many it moved. Sent again (its
-# reply was lost) it moves nothing: it returns the jobs it moved, still at the head
-# of the active list, where nothing but a fetch pushes; and a fetch older than the
-# note (held up on a dead connection, arriving after its retry) moves nothing.
+# how long to keep the note (ms), 1 if the fetch is sent again. Moves up to that many
+# jobs, oldest first, and notes in `fetched` the fetcher, the fetch's number and how
+# many it moved (if any, or if sent again). Sent again (its reply was lost) it moves
+# nothing: it returns the jobs it moved, still at the head of the active list, where
+# nothing but a fetch pushes; and a fetch older than the note (held up on a dead
+# connection, arriving after its retry) moves nothing.
 FETCH_MANY = """
 local note = redis.call('GET', KEYS[3])
 if note then
@@ -33,7 +34,9 @@ for i = 1, tonumber(ARGV[1]) do
   if not v then break end
   out[i] = v
 end
-redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #out, 'PX', ARGV[4])
+if #out > 0 or ARGV[5] == '1' then
+  redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #out, 'PX', ARGV[4])
+end
 return out
 """
 

@@ -170,7 +170,7 @@ class LossyProxy:
                         return
                     else:
                         client.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # cut, or closed by close() (a socket of fd -1)
             return
         finally:
             client.close()

@@ -400,15 +400,26 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         r.lpush(queue, b"g")
         lost_number = broker._fetches - 1
         late = r.eval(
-            scripts.FETCH_MANY, 3, queue, active, fetched, 2, broker._fetcher, lost_number, 60_000
+            scripts.FETCH_MANY,
+            3,
+            queue,
+            active,
+            fetched,
+            2,
+            broker._fetcher,
+            lost_number,
+            60_000,
+            0,
         )
         assert late == []
-        # A lost fetch that had moved nothing: sent again, it returns nothing (not the
-        # whole active list); the fetch after it takes the job.
+        # A lost fetch that had moved nothing, sent again and lost again (the retry
+        # notes what it moved: nothing): sent a third time, it returns nothing (not
+        # the whole active list); the fetch after it takes the job.
         r.delete(queue)
-        proxy.lose_reply_to(FETCH)
-        with pytest.raises(redis.ConnectionError):
-            broker.fetch("default", "w1", 2)
+        for _ in range(2):
+            proxy.lose_reply_to(FETCH)
+            with pytest.raises(redis.ConnectionError):
+                broker.fetch("default", "w1", 2)
         r.lpush(queue, b"h")
         assert broker.fetch("default", "w1", 2) == []
         assert broker.fetch("default", "w1", 2) == [b"h"]
@@ -416,6 +427,9 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         broker.put_back("default", "w1")
         assert r.llen(queue) == 7
         assert not r.exists(fetched)  # forgotten with the list
+        r.delete(queue)
+        assert broker.fetch("default", "w1", 2) == []
+        assert not r.exists(fetched)  # an idle worker's fetches write nothing
     finally:
         broker.close()
         proxy.close()
