@@ -473,8 +473,10 @@ class Broker:
             got: bytes | None = self.client.blmove(
                 self.keys.queue(queue), self.keys.active(queue, worker), timeout, "RIGHT", "LEFT"
             )
-        except (redis.ConnectionError, redis.TimeoutError):
-            self.lost_waits.add(queue)
+        except redis.ResponseError:
+            raise  # refused (WRONGTYPE, say): nothing moved
+        except BaseException:
+            self.lost_waits.add(queue)  # lost however reported (a cluster's client too)
             raise
         return got
 
