@@ -6,6 +6,7 @@ are built by :class:`taskq.writes.WriteBuilder`, shared with the sync broker.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from .broker import (
     raw_commands,
     reply_errors,
     text,
+    wrong_type,
 )
 from .connection import AsyncSentinelRedis
 from .keys import Keys
@@ -129,8 +131,15 @@ class AsyncBroker:
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        for start in range(0, len(jobs), PUSH_BATCH):
-            await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
+        try:
+            for start in range(0, len(jobs), PUSH_BATCH):
+                await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
+        except redis.ResponseError:  # see Broker.push
+            target, kind = self.keys.push_target(queue, due)
+            with contextlib.suppress(redis.RedisError):  # the refusal is what to report
+                if wrong_type(await self.client.type(target), kind):
+                    await self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
+            raise
 
     async def promote(self, queue: str, now: float) -> tuple[int, float | None]:
         """See :meth:`taskq.broker.Broker.promote`."""

@@ -10,6 +10,7 @@ from :mod:`taskq.scripts`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -129,6 +130,13 @@ def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     if pack_command is None:
         return list(conn.pack_commands(commands))
     return [b"".join([pack_command(command) for command in commands])]
+
+
+def wrong_type(found: Any, kind: str) -> bool:
+    """Whether a key of type ``found`` (TYPE's reply) refuses what a ``kind`` takes.
+    A push to such a key wrote its jobs' records (a transaction runs on past a
+    refused command) but queued nothing: those records are taken back."""
+    return (text(found) or "none") not in ("none", kind)
 
 
 def reply_errors(reply: Any) -> list[Exception]:
@@ -352,14 +360,21 @@ class Broker:
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        if len(jobs) <= PUSH_BATCH:
-            self.apply(self.writes.push(queue, jobs, due))
-            return
-        # In slices, each sent as soon as it is built.
-        self._apply_streamed(
-            self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
-            for start in range(0, len(jobs), PUSH_BATCH)
-        )
+        try:
+            if len(jobs) <= PUSH_BATCH:
+                self.apply(self.writes.push(queue, jobs, due))
+                return
+            # In slices, each sent as soon as it is built.
+            self._apply_streamed(
+                self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
+                for start in range(0, len(jobs), PUSH_BATCH)
+            )
+        except redis.ResponseError:
+            target, kind = self.keys.push_target(queue, due)
+            with contextlib.suppress(redis.RedisError):  # the refusal is what to report
+                if wrong_type(self.client.type(target), kind):
+                    self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
+            raise
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

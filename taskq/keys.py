@@ -66,6 +66,11 @@ class Keys:
     def delayed(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:delayed"
 
+    def push_target(self, q: str, due: float | None) -> tuple[str, str]:
+        """Where a push puts its jobs, and that key's type: the queue, or the delayed
+        set for jobs due later."""
+        return (self.queue(q), "list") if due is None else (self.delayed(q), "zset")
+
     def workers(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:workers"
 

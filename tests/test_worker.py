@@ -260,6 +260,42 @@ def test_a_bulk_push_over_several_batches_keeps_order_and_reports_errors(
     assert r.llen(queue) == n
 
 
+def test_a_push_refused_for_its_queues_type_leaves_no_record(app: App, r: redis.Redis) -> None:
+    # A transaction runs on past a refused command: the records went in, no job did.
+    def records() -> int:
+        return len(r.keys(KEYS.job("*")))
+
+    def apush(delay: float | None) -> None:
+        async def push() -> None:
+            try:
+                await tasks.add.options(delay=delay).apush(1, 2)
+            finally:
+                await app.aclose()
+
+        asyncio.run(push())
+
+    queue, delayed = KEYS.queue("default"), KEYS.delayed("default")
+    kept = tasks.add.push(1, 1)  # its record stays
+    r.set(queue, "not a list")  # (SET replaces the list holding it)
+    r.set(delayed, "not a sorted set")
+    for push in (
+        lambda: tasks.add.push(1, 2),
+        lambda: tasks.add.push_many([(i, i) for i in range(PUSH_BATCH + 3)]),
+        lambda: tasks.add.push(1, 2, delay=60),
+        lambda: apush(None),
+    ):
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            push()
+        assert records() == 1
+    r.delete(queue)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        apush(60)
+    assert records() == 1
+    job = tasks.add.push(1, 2)
+    assert (kept.status(), job.status()) == ("queued", "queued")
+    assert (records(), r.llen(queue)) == (2, 1)
+
+
 def test_a_fetch_straight_on_a_connection_reports_errors_and_reconnects(
     redis_url: str, r: redis.Redis
 ) -> None:
