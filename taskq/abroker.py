@@ -152,7 +152,7 @@ class AsyncBroker:
         """See :meth:`taskq.broker.Broker.push_unique`."""
         assert payload.key is not None
         w = self.writes.push(queue, [(payload, raw)], due)
-        await self.apply(Writes(records=w.records))
+        await self.apply(Writes(records=w.records, scripts=w.scripts))
         target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
         holder = await self._script(scripts.PUSH_UNIQUE)(
             keys=[self.keys.unique(queue, payload.key), target],

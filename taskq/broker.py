@@ -194,6 +194,7 @@ class Broker:
         self._own_lock = threading.Lock()
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
         self._unblock_refused = False
+        self._unlisted = False  # warned that the set of queue names is not a set
         # Fetches are numbered, under a name of this broker's own (see FETCH_MANY).
         self._fetcher = secrets.token_hex(4)
         self._fetches = 0
@@ -382,7 +383,7 @@ class Broker:
         every push, and taken back if another job won."""
         assert payload.key is not None
         w = self.writes.push(queue, [(payload, raw)], due)
-        self.apply(Writes(records=w.records))
+        self.apply(Writes(records=w.records, scripts=w.scripts))
         target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
         holder = self._script(scripts.PUSH_UNIQUE)(
             keys=[self.keys.unique(queue, payload.key), target],
@@ -623,10 +624,20 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             pipe.zadd(self.keys.workers(q), {worker: now})
-        pipe.sadd(self.keys.queues(), *queues)
         pipe.hset(self.keys.worker(worker), mapping=info)
         pipe.pexpire(self.keys.worker(worker), int(ttl * 1000))
-        pipe.execute()
+        pipe.sadd(self.keys.queues(), *queues)  # last: it alone may be refused
+        replies = pipe.execute(raise_on_error=False)
+        unlisted = isinstance(replies[-1], redis.ResponseError)  # the one refusal let by
+        for error in reply_errors(replies[:-1] if unlisted else replies):
+            raise error
+        if unlisted and not self._unlisted:
+            self._unlisted = True
+            log.warning(
+                "%s is not a set: queues go unlisted (taskq queues, the dashboard) "
+                "until it is deleted; jobs run as usual",
+                self.keys.queues(),
+            )
 
     def unregister(self, worker: str, queues: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)

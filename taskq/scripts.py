@@ -1,7 +1,7 @@
 """The Lua scripts that make multi-key changes atomic.
 
-Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash tag,
-so each script runs in one Redis Cluster slot.
+Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash tag
+(or is the script's only key), so each script runs in one Redis Cluster slot.
 """
 
 # KEYS: queue, active, fetched. ARGV: how many, the fetcher's name, the fetch's number,
@@ -227,6 +227,15 @@ else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 end
 return ARGV[1]
+"""
+
+# KEYS: the set of queue names. ARGV: queue names. Adds them to the set, unless its
+# key holds something else (written by hand): the set only lists queues, and a push
+# or a heartbeat must not fail over it. Returns -1 then, else what SADD returns.
+REGISTER = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'set' and kind ~= 'none' then return -1 end
+return redis.call('SADD', KEYS[1], unpack(ARGV))
 """
 
 # KEYS: unique key. ARGV: job id. Releases the key if this job holds it.

@@ -304,7 +304,7 @@ class WriteBuilder:
         now = time.monotonic()
         if now >= self._registered.get(queue, 0.0):
             self._registered[queue] = now + REGISTER_EVERY
-            w.records.append(("SADD", k.queues(), (queue,)))
+            w.scripts.append((scripts.REGISTER, [k.queues()], [queue]))
         return w
 
     def start(self, queue: str, worker: str, payload: Payload, started_at: float) -> Writes:

@@ -14,7 +14,7 @@ import redis
 
 import taskq
 from taskq import App, Worker, scripts
-from taskq.broker import Broker
+from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
 from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
@@ -142,6 +142,45 @@ def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     )
     assert r.lrange(KEYS.active("default", "slowpoke"), 0, -1) == [raw]
     assert rec.sweep(["default"]) == 1
+
+
+def test_a_set_of_queue_names_overwritten_by_hand_fails_no_push_and_no_recovery(
+    app: App, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The set only lists queues. Refused, it made a push raise though its job was
+    # queued (pushed again: twice), and a heartbeat fail before its sweep.
+    r.set(KEYS.queues(), "not a set")
+
+    def first_push() -> None:  # each push below adds the queue's name, or tries to
+        app.broker.writes._registered.clear()
+
+    async def apush() -> taskq.Job[int]:
+        try:
+            return await tasks.add.apush(3, 3)
+        finally:
+            await app.aclose()
+
+    jobs = [tasks.add.push(1, 1)]
+    first_push()
+    jobs += tasks.add.push_many([(i, i) for i in range(PUSH_BATCH + 3)])
+    first_push()
+    jobs.append(tasks.add.options(key="once").push(2, 2))
+    first_push()
+    delayed = tasks.add.options(delay=60).push(4, 4)
+    jobs.append(asyncio.run(apush()))  # a new event loop's broker: its first push
+    assert {job.status() for job in jobs} == {"queued"}
+    assert r.llen(KEYS.queue("default")) == len(jobs)
+    assert (delayed.status(), r.zcard(KEYS.delayed("default"))) == ("scheduled", 1)
+    ghost = tasks.add.payload((5, 5), {})[1]  # a dead worker's job, recovered by a sweep
+    r.lpush(KEYS.active("default", "ghost"), ghost)
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    Worker(app, burst=True, handle_signals=False).run()
+    assert [job.result(timeout=5) for job in (*jobs[:2], *jobs[-2:])] == [2, 0, 4, 6]
+    assert set(app.broker.statuses([job.id for job in jobs])) == {"done"}
+    assert r.llen(KEYS.queue("default")) == 0
+    assert r.hget(KEYS.job(json.loads(ghost)["id"]), "status") == b"done"
+    assert r.get(KEYS.queues()) == b"not a set"  # left as it is, and said once
+    assert caplog.text.count("taskq:queues is not a set: queues go unlisted") == 1
 
 
 # -- retries, delays, timeouts -----------------------------------------------------------
