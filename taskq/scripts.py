@@ -231,7 +231,8 @@ return ARGV[1]
 
 # KEYS: the set of queue names. ARGV: queue names. Adds them to the set, unless its
 # key holds something else (written by hand): the set only lists queues, and a push
-# or a heartbeat must not fail over it. Returns -1 then, else what SADD returns.
+# must not fail over it. Returns -1 then, else what SADD returns. (A heartbeat sends
+# a plain SADD and lets its refusal by: a cluster's pipelines refuse scripts.)
 REGISTER = """
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'set' and kind ~= 'none' then return -1 end
