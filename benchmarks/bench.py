@@ -396,6 +396,7 @@ class Bench:
         self.info: dict[str, Any] = {}
         self.soak: dict[str, Any] = {}
         self.revision = taskq_revision()
+        self.cpu_model = cpu_model()
 
     def lib(self, name: str) -> Lib:
         return Lib(name, self.url, self.logdir)
@@ -789,7 +790,7 @@ def markdown(bench: Bench, names: list[str], elapsed: float) -> str:
         f"Commands, round trips and idle figures exclude the harness's own commands "
         f"and the job's INCR. RSS is the sum over the worker's process tree.",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {py}, redis-server "
+        f"Machine: {os.cpu_count()} CPUs ({bench.cpu_model}), Python {py}, redis-server "
         f"{bench.r.info('server')['redis_version']}. Versions: {versions}. "
         f"Whole run: {elapsed / 60:.1f} min{' (--quick)' if cfg.quick else ''}.",
         "",
@@ -987,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
                         # where the results went is this machine's business
                         "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
                         "elapsed_seconds": elapsed,
-                        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+                        "machine": {"cpus": os.cpu_count(), "cpu_model": bench.cpu_model},
                         "versions": bench.info,
                         "taskq_revision": bench.revision,
                         "summary": summarise(bench.raw),
