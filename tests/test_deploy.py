@@ -99,6 +99,15 @@ def test_compose_environment_uses_only_variables_taskq_reads() -> None:
             assert url.startswith("redis://redis:6379"), "point at the compose redis service"
 
 
+def test_readme_configuration_table_lists_every_variable_taskq_reads() -> None:
+    """A container is configured through the environment: each variable must be
+    findable in the README's table, spelled out in full."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(TASKQ_[A-Z_]+)`", table))
+    assert known_env_vars() - documented == set()
+
+
 def test_readme_compose_commands_name_real_services() -> None:
     readme = (ROOT / "README.md").read_text()
     for line in re.findall(r"docker compose run --rm (\S+) (.+)", readme):
