@@ -21,6 +21,7 @@ from .proc import ROOT, TaskqProcess
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def parse_taskq(args: list[str]) -> click.Context:
@@ -102,15 +103,13 @@ def test_compose_environment_uses_only_variables_taskq_reads() -> None:
 def test_readme_configuration_table_lists_every_variable_taskq_reads() -> None:
     """A container is configured through the environment: each variable must be
     findable in the README's table, spelled out in full."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(TASKQ_[A-Z_]+)`", table))
     assert known_env_vars() - documented == set()
 
 
 def test_readme_compose_commands_name_real_services() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for line in re.findall(r"docker compose run --rm (\S+) (.+)", readme):
+    for line in re.findall(r"docker compose run --rm (\S+) (.+)", README):
         service, rest = line
         assert service in SERVICES
         parse_taskq(shlex.split(rest.split("#")[0]))
