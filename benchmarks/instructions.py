@@ -2,7 +2,7 @@
 to compare changes by where CPU time swings 20 % from minute to minute.
 
     benchmarks/.venvs/taskq/bin/python benchmarks/instructions.py [TREE ...]
-        [--ceiling] [--pure] [--jobs 2000,6000] [--repeat 2]
+        [--ceiling] [--pure] [--jobs 2000,6000] [--repeat 2] [--loop auto|uvloop|asyncio]
 
 Each TREE is a directory holding a ``taskq`` package (default: this working tree; for
 an older commit, ``git worktree add /tmp/old <rev>``), measured in turn, ``--repeat``
@@ -14,7 +14,10 @@ instructions per job, the worker's threads together. The worker takes a fixed 10
 ahead (``--prefetch 100``), which keeps its batches alike from run to run; the
 automatic prefetch, which follows the timing, varies them. ``--pure`` leaves the job's
 ``INCR`` out (taskq's own work alone); ``--ceiling`` also counts the no-queue ceiling's
-job the same way. A run of 6,000 jobs takes about a minute.
+job the same way. ``--loop`` picks the event loop of the worker and of the ceiling (it
+sets ``TASKQ_LOOP``; a tree from before ``--loop`` existed runs on asyncio whatever
+it says, so compare such trees with ``--loop asyncio``). A run of 6,000 jobs takes
+about a minute.
 """
 
 from __future__ import annotations
@@ -66,12 +69,14 @@ _CEILING = (
     + """
 import asyncio
 from driver import run_ceiling
+from taskq.worker.loop_thread import new_event_loop
 
 async def main() -> None:
     await common.aredis().ping()
     await run_ceiling("noop", int(sys.argv[1]), 10)
 
-asyncio.run(main())
+with asyncio.Runner(loop_factory=lambda: new_event_loop(os.environ["TASKQ_LOOP"])) as runner:
+    runner.run(main())
 """
 )
 
@@ -109,11 +114,12 @@ def main() -> None:
     parser.add_argument("--pure", action="store_true", help="leave the job's INCR out")
     parser.add_argument("--jobs", default="2000,6000", help="the two job counts")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found: apt-get install valgrind")
     low, high = (int(n) for n in args.jobs.split(","))
-    env = dict(os.environ, PURE="1" if args.pure else "")
+    env = dict(os.environ, PURE="1" if args.pure else "", TASKQ_LOOP=args.loop)
     runs: dict[str, list[float]] = {}
     for _ in range(args.repeat):
         for tree in args.trees:

@@ -2,7 +2,7 @@
 
     benchmarks/.venvs/taskq/bin/python benchmarks/profile_taskq.py [--jobs 20000]
         [--kind noop|sleep] [--concurrency 10] [--top 25] [--out prof-dir]
-        [--cpu | --ceiling]
+        [--cpu | --ceiling] [--loop auto|uvloop|asyncio]
 
 Starts a private redis-server, pushes the jobs with ``push_many``, then runs
 ``taskq worker --burst`` in this process with a profiler on the master thread, the
@@ -14,6 +14,9 @@ thread (open with ``python -m pstats`` or snakeviz). The profiler slows everythi
 ``--ceiling`` prints the same for the no-queue ceiling (the job bodies run straight from
 an asyncio loop at the same concurrency, in this process), to compare with ``--cpu``.
 
+``--loop`` picks the event loop, of the worker (``taskq worker --loop``) and of the
+ceiling alike (default: auto, which is uvloop where installed, as for the worker).
+
 ``--cpu`` runs without the profiler and prints what each thread cost per job instead:
 CPU time (from /proc, read as the last job completes) and context switches. The loop
 thread's CPU per job is the steadiest figure to compare changes by on a noisy machine;
@@ -23,6 +26,7 @@ many voluntary switches in the master mean it waits for the GIL.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import os
@@ -140,13 +144,14 @@ def _report_threads(top: int, out: Path | None) -> None:
         report(combined, "all threads", top)
 
 
-def _ceiling_cpu(kind: str, jobs: int, concurrency: int) -> None:
-    """Run the ceiling's jobs in this process; print its CPU time per job."""
-    import asyncio
+def _ceiling_cpu(kind: str, jobs: int, concurrency: int, loop: str) -> None:
+    """Run the ceiling's jobs in this process, on ``loop``; print its CPU time per job."""
     import resource
 
     from driver import run_ceiling
     from libs import common
+
+    from taskq.worker.loop_thread import loop_kind, new_event_loop
 
     async def run() -> None:
         await common.aredis().ping()
@@ -159,10 +164,11 @@ def _ceiling_cpu(kind: str, jobs: int, concurrency: int) -> None:
         system = (after.ru_stime - before.ru_stime) * 1e6 / jobs
         print(
             f"ceiling {user + system:7.1f} us CPU/job ({system:5.1f} in the kernel)   "
-            f"{jobs / elapsed:.0f} jobs/s"
+            f"{jobs / elapsed:.0f} jobs/s, {loop_kind(loop)} loop"
         )
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)) as runner:
+        runner.run(run())
 
 
 def main() -> None:
@@ -174,6 +180,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cpu", action="store_true", help="per-thread CPU, no profiler")
     parser.add_argument("--ceiling", action="store_true", help="the ceiling's CPU per job")
+    parser.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="taskq-profile-"))
     with redis_server(workdir) as url:
@@ -186,12 +193,13 @@ def main() -> None:
         from taskq import cli
 
         if args.ceiling:
-            _ceiling_cpu(args.kind, args.jobs, args.concurrency)
+            _ceiling_cpu(args.kind, args.jobs, args.concurrency, args.loop)
             return
         bench_tasks.TASKS[args.kind].push_many([()] * args.jobs)
         bench_tasks.app.close()  # the CLI configures the app afresh
         argv = ["worker", "--app", "libs.taskq", "--redis-url", url, "--burst"]
         argv += ["--concurrency", str(args.concurrency), "--log-level", "warning"]
+        argv += ["--loop", args.loop]
         if args.cpu:
             _measure_cpu(args.jobs)
             cli.main(argv, standalone_mode=False)

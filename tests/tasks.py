@@ -74,7 +74,9 @@ async def unserialisable() -> Any:
 
 @app.task
 async def where() -> dict[str, Any]:
-    return {"thread": threading.current_thread().name, "loop": True}
+    """The thread the job runs in, and its event loop's package ("uvloop", "asyncio")."""
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    return {"thread": threading.current_thread().name, "loop": loop}
 
 
 #: What a job may set for its own code to read (a request id, a tracing span).

@@ -34,11 +34,14 @@ def test_running_job_finishes_within_grace(
     assert "Traceback" not in worker.log
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("task", ["slow", "slow_sync"])
 def test_job_outliving_grace_is_put_back_at_the_front(
-    app: App, r: redis.Redis, worker_env: dict[str, str], task: str
+    app: App, r: redis.Redis, worker_env: dict[str, str], task: str, loop: str
 ) -> None:
-    with start_worker(worker_env, "--grace", "0.3", "--concurrency", "1") as worker:
+    args = ("--grace", "0.3", "--concurrency", "1", "--loop", loop)
+    with start_worker(worker_env, *args) as worker:
+        assert f"concurrency 1, {loop} loop" in worker.log
         long = tasks.app.tasks[task].push(60, name="long")
         wait_event(r, "start:long")
         later = tasks.add.push(1, 2)  # queued behind the running job

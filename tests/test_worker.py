@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, cast
 import pytest
 import redis
 import redis.asyncio as aioredis
+import uvloop
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -25,10 +27,12 @@ import taskq
 from taskq import App, JobFailed, Worker, payload
 from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker, own_connection, raw_commands
+from taskq.config import ConfigError
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker.batcher import WriteAbandoned, WriteBatcher
 from taskq.worker.executor import DaemonExecutor
+from taskq.worker.loop_thread import loop_kind, new_event_loop
 from taskq.worker.master import AUTO_PREFETCH_MAX, MAX_UNSTORED, WorkerStats
 from taskq.worker.runner import JobRunner
 from taskq.writes import REGISTER_EVERY, Outcome, Writes, micros, row_alone, seconds, take_batch
@@ -85,9 +89,37 @@ def test_master_hands_jobs_to_the_loop_thread_and_sync_jobs_to_threads(app: App)
     a = tasks.where.push()
     s = tasks.where_sync.push()
     burst(app)
-    assert a.result(timeout=5)["thread"] == "taskq-loop"
+    assert a.result(timeout=5) == {"thread": "taskq-loop", "loop": "uvloop"}
     assert s.result(timeout=5)["thread"].startswith("taskq-sync")
     assert threading.current_thread() is threading.main_thread()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_jobs_run_on_the_event_loop_asked_for(app: App, loop: str) -> None:
+    # The loop thread, the sync threads, timeouts and outcomes work on either loop.
+    jobs = [tasks.where.push(), tasks.add.push(2, 3), tasks.add_sync.push(4, 5)]
+    too_slow = tasks.too_slow.push()
+    stats = burst(app, loop=loop)
+    assert (stats.done, stats.failed) == (3, 1)
+    assert taskq.gather(*jobs, timeout=5) == [{"thread": "taskq-loop", "loop": loop}, 5, 9]
+    with pytest.raises(JobFailed, match=r"timeout of 0\.2s"):
+        too_slow.result(timeout=5)
+
+
+def test_the_default_loop_is_uvloop_where_installed_else_asyncio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert loop_kind() == loop_kind("auto") == "uvloop"  # a dependency on this platform
+    for kind, on_uvloop in (("auto", True), ("uvloop", True), ("asyncio", False)):
+        loop = new_event_loop(kind)
+        loop.close()
+        assert isinstance(loop, uvloop.Loop) is on_uvloop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_kind("auto") == "asyncio"
+    with pytest.raises(ConfigError, match=r"uvloop event loop is not installed .* --loop asyncio"):
+        Worker(taskq.App("memory://"), loop="uvloop")
+    with pytest.raises(ConfigError, match="unknown event loop 'trio'"):
+        loop_kind("trio")
 
 
 def test_a_blocking_sync_job_does_not_stall_async_jobs(app: App) -> None:

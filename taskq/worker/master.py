@@ -42,7 +42,7 @@ from ..config import MULTIPROC_ENV, mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
 from .executor import DaemonExecutor
 from .heartbeat import Heartbeat
-from .loop_thread import LoopThread
+from .loop_thread import LoopThread, loop_kind
 from .runner import JobRunner
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ class Worker:
 
     ``burst=True`` returns once the queues are empty and nothing is running.
     ``handle_signals`` installs SIGINT/SIGTERM handlers (main thread only).
+    ``loop``: the event loop the jobs run on, "auto" (uvloop where installed),
+    "uvloop" or "asyncio" (see :func:`~taskq.worker.loop_thread.loop_kind`).
     """
 
     def __init__(
@@ -132,8 +134,10 @@ class Worker:
         metrics_port: int | None = None,
         burst: bool = False,
         handle_signals: bool = True,
+        loop: str = "auto",
     ) -> None:
         self.app = app
+        self.loop_kind = loop_kind(loop)  # refused here, before anything starts
         self.settings = app.settings.replace(
             queues=queues, concurrency=concurrency, grace=grace, heartbeat_timeout=heartbeat_timeout
         )
@@ -224,7 +228,7 @@ class Worker:
             self._restore_signals(previous)
             raise WorkerError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from None
         executor = DaemonExecutor()
-        self._loop = LoopThread()
+        self._loop = LoopThread(kind=self.loop_kind)
         self._loop.start()
         self._runner = self._loop.call(self._make_runner(executor))
         heartbeat = Heartbeat(
@@ -232,10 +236,11 @@ class Worker:
         )
         heartbeat.start()
         log.info(
-            "worker %s started: queues %s, concurrency %d, redis %s",
+            "worker %s started: queues %s, concurrency %d, %s loop, redis %s",
             self.id,
             ",".join(self.queues),
             self.concurrency,
+            self.loop_kind,
             url,
         )
         try:
