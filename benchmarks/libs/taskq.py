@@ -10,7 +10,7 @@ from . import common
 
 NAME = "taskq"
 BULK_API = "task.push_many"
-NOTES = "taskq worker --concurrency N --log-level warning"
+NOTES = "taskq worker --concurrency N --log-level warning (on uvloop, its default)"
 
 app = taskq.App(common.redis_url())
 
