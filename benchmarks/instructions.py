@@ -33,9 +33,12 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The working tree's taskq (for its list of loops), beside the harness.
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from bench import redis_server  # noqa: E402  (needs HERE on sys.path)
+
+from taskq.worker.loop_thread import LOOPS  # noqa: E402
 
 # Run with TASKQ_TREE first on sys.path, from benchmarks/ (for libs.*).
 _SETUP = """
@@ -114,7 +117,7 @@ def main() -> None:
     parser.add_argument("--pure", action="store_true", help="leave the job's INCR out")
     parser.add_argument("--jobs", default="2000,6000", help="the two job counts")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
+    parser.add_argument("--loop", default="auto", choices=LOOPS)
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found: apt-get install valgrind")

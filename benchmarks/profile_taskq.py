@@ -45,6 +45,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from bench import redis_server  # noqa: E402  (needs HERE on sys.path)
 
+from taskq.worker.loop_thread import LOOPS  # noqa: E402  (the working tree's)
+
 _profiles: list[tuple[str, cProfile.Profile]] = []
 _lock = threading.Lock()
 
@@ -180,7 +182,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cpu", action="store_true", help="per-thread CPU, no profiler")
     parser.add_argument("--ceiling", action="store_true", help="the ceiling's CPU per job")
-    parser.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
+    parser.add_argument("--loop", default="auto", choices=LOOPS)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="taskq-profile-"))
     with redis_server(workdir) as url:
