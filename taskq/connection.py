@@ -78,6 +78,14 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+def _client_options(url: str) -> dict[str, Any]:
+    """_CLIENT_OPTIONS for ``url``: TCP keepalive is a TCP socket option, which
+    redis-py's unix-socket connection rejects."""
+    if url.startswith("unix://"):
+        return {k: v for k, v in _CLIENT_OPTIONS.items() if k != "socket_keepalive"}
+    return _CLIENT_OPTIONS
+
+
 def cluster_node_url(url: str) -> str | None:
     """``redis://host:port`` for a cluster URL, None for any other URL."""
     for scheme in ("redis-cluster://", "rediss-cluster://"):
@@ -239,7 +247,10 @@ def connect(url: str, *, socket_timeout: float | None = None) -> redis.Redis:
             )
             return cluster  # type: ignore[no-any-return]
         return redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=5, **_CLIENT_OPTIONS
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5,
+            **_client_options(url),
         )
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {mask_url(url)}: {exc}") from None
@@ -263,7 +274,10 @@ def connect_async(url: str, *, socket_timeout: float | None = None) -> aioredis.
             )
             return cluster  # type: ignore[no-any-return]
         return aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=5, **_CLIENT_OPTIONS
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5,
+            **_client_options(url),
         )
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {mask_url(url)}: {exc}") from None

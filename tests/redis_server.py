@@ -48,6 +48,12 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        """The same server through its unix socket."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.dir / 'redis.sock'}?db=0"
+
     def start(self) -> None:
         args = [
             self.binary or "redis-server",
@@ -65,6 +71,8 @@ class RedisServer:
             "always",
             "--logfile",
             str(self.dir / "redis.log"),
+            "--unixsocket",
+            str(self.dir / "redis.sock"),
         ]
         if self.password:
             args += ["--requirepass", self.password]

@@ -22,6 +22,7 @@ from taskq import App, Worker
 from taskq.cli import main
 
 from . import tasks
+from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).with_name("taskq")
@@ -170,6 +171,21 @@ def test_push_args_and_kwargs_run_by_a_burst_worker_then_result(
     assert record["status"] == "done"
     assert record["result"] == 30
     assert (record["task"], record["args"], record["kwargs"]) == ("add", [10], {"b": 20})
+
+
+def test_a_unix_socket_url_serves_producers_workers_and_commands(
+    worker_env: dict[str, str], redis_server: RedisServer, r: redis.Redis
+) -> None:
+    env = {**worker_env, "TASKQ_REDIS_URL": redis_server.unix_url}
+    [job_id] = ids_of(
+        taskq_cli(env, "push", "--task", "add", "--app", "tests.tasks", "--args", "[4,5]"), 1
+    )
+    assert r.llen(QUEUE) == 1  # the same server, seen over TCP
+    ran = taskq_cli(env, "worker", "--app", "tests.tasks", "--burst")
+    assert ran.returncode == 0, ran.stderr
+    assert "1 done, 0 failed" in ran.stderr
+    out = taskq_cli(env, "result", job_id)
+    assert (out.returncode, out.stdout) == (0, "9\n"), out.stderr
 
 
 # -- result ------------------------------------------------------------------------------
