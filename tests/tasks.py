@@ -239,6 +239,28 @@ async def cancels_its_siblings() -> None:
 
 
 @app.task
+async def exits_in_a_sub_task(how: str) -> str:
+    """Raises SystemExit or KeyboardInterrupt in an asyncio task of its own, which
+    asyncio lets out of the event loop's run_forever as well as into its awaiter."""
+
+    async def exits() -> None:
+        raise SystemExit(3)
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    if how == "gather":
+        await asyncio.gather(exits())
+    elif how == "wait_for":
+        await asyncio.wait_for(asyncio.ensure_future(interrupted()), 5)
+    else:  # "unawaited": nobody awaits it, the job goes on
+        task = asyncio.create_task(exits())
+        await asyncio.wait([task])
+        assert isinstance(task.exception(), SystemExit)
+    return "went on"
+
+
+@app.task
 async def asks_to_retry_without_budget() -> None:
     raise taskq.Retry(delay=0)
 

@@ -519,6 +519,35 @@ def test_a_job_raising_cancelled_error_itself_fails_and_frees_its_slot(
     assert r.keys("taskq:{default}:active:*") == []
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_system_exit_in_a_jobs_own_asyncio_task_fails_only_that_job(
+    app: App, r: redis.Redis, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncio raises a task's SystemExit or KeyboardInterrupt out of run_forever too:
+    # the loop thread must go on running jobs, and the burst end.
+    gathered = tasks.exits_in_a_sub_task.push("gather")
+    waited = tasks.exits_in_a_sub_task.push("wait_for")
+    unawaited = tasks.exits_in_a_sub_task.push("unawaited")
+    after = [tasks.add.push(1, n) for n in range(3)]
+    ran: list[WorkerStats] = []
+    thread = threading.Thread(
+        target=lambda: ran.append(burst(app, loop=loop, concurrency=2)), daemon=True
+    )
+    thread.start()
+    thread.join(30)
+    assert ran, "the burst did not end: its event loop thread died"
+    [stats] = ran
+    assert (stats.done, stats.failed) == (4, 2)
+    with pytest.raises(JobFailed, match="SystemExit: 3"):
+        gathered.result(timeout=1)
+    with pytest.raises(JobFailed, match="KeyboardInterrupt"):
+        waited.result(timeout=1)
+    assert unawaited.result(timeout=1) == "went on"
+    assert [job.result(timeout=1) for job in after] == [1, 2, 3]
+    assert r.keys("taskq:{default}:active:*") == []
+    assert "the event loop runs on" in caplog.text  # it did escape run_forever
+
+
 def test_a_job_starts_with_no_context_variable_set_by_an_earlier_job(app: App) -> None:
     # One slot, jobs taken together: each starts as the one before it ends, in the
     # step where that one ends.

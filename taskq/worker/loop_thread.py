@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -11,6 +12,8 @@ from typing import Any, TypeVar
 from ..config import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: The event loops a worker can run its jobs on (``taskq worker --loop``).
 LOOPS = ("auto", "uvloop", "asyncio")
@@ -58,12 +61,23 @@ class LoopThread:
     def __init__(self, name: str = "taskq-loop", kind: str = "auto") -> None:
         self.loop = new_event_loop(kind)
         self._ready = threading.Event()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._ready.set)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # asyncio raises an asyncio task's SystemExit or KeyboardInterrupt out
+                # of run_forever as well as into whatever awaits that task (a job,
+                # which fails with it): the loop runs on for the other jobs.
+                log.warning("a job's asyncio task raised %r; the event loop runs on", exc)
+                if self._stopping:  # a stop asked for meanwhile may have been undone
+                    return
 
     def start(self) -> None:
         self._thread.start()
@@ -81,6 +95,7 @@ class LoopThread:
         """Stop the loop, join the thread and close the loop. Idempotent."""
         if self.loop.is_closed():
             return
+        self._stopping = True
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
