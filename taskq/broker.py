@@ -418,7 +418,7 @@ class Broker:
             return False
         removed = self._script(scripts.ABORT)(
             keys=[self.keys.queue(queue), self.keys.delayed(queue), self.keys.aborts(queue)],
-            args=[f'"id":{dumps(job_id)}', job_id, repr(time.time())],
+            args=[job_id, repr(time.time())],
         )
         if removed:
             self.apply(self.writes.aborted(queue, job_id, key))

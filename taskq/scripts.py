@@ -245,23 +245,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: queue, delayed, aborts. ARGV: the text `"id":"<job id>"`, job id, now.
-# Removes a waiting job (queued or delayed) and returns 1; otherwise records the
-# abort for the worker that has the job and returns 0. Scans the queue: an admin
-# operation, linear in the queue's length.
+# KEYS: queue, delayed, aborts. ARGV: job id, now. Removes a waiting job (queued or
+# delayed) and returns 1; otherwise records the abort for the worker that has the
+# job and returns 0. Scans the queue: an admin operation, linear in the queue's
+# length. A payload is the job only if its own id is the id (not an argument's).
 ABORT = """
+local function is_the_job(raw)
+  if not string.find(raw, ARGV[1], 1, true) then return false end
+  local ok, job = pcall(cjson.decode, raw)
+  return ok and type(job) == 'table' and job.id == ARGV[1]
+end
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.find(raw, ARGV[1], 1, true) then
+  if is_the_job(raw) then
     redis.call('LREM', KEYS[1], 1, raw)
     return 1
   end
 end
 for _, raw in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if string.find(raw, ARGV[1], 1, true) then
+  if is_the_job(raw) then
     redis.call('ZREM', KEYS[2], raw)
     return 1
   end
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 0
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -34,6 +35,26 @@ def test_queued_and_delayed_jobs_are_removed_and_others_untouched(app: App, r: r
     assert stats.done == 2
     assert (before.result(timeout=1), after.result(timeout=1)) == (0, 4)
     assert target.abort() is False, "already finished"
+
+
+def test_abort_removes_the_job_with_that_id_not_one_naming_it_in_its_arguments(
+    app: App, r: redis.Redis
+) -> None:
+    target = tasks.record.push("target")
+    delayed = tasks.record.push("delayed", delay=3600)
+    # Newer, so nearer the head of the queue and earlier in the delayed set: each
+    # holds the other's id as an argument, in the very text a payload gives its own.
+    mentions = tasks.record.push({"id": target.id})
+    delayed_mention = tasks.record.push({"id": delayed.id}, delay=1800)
+    spaced = tasks.record.push("spaced")  # then rewritten as JSON with spaces
+    popped = r.lpop(KEYS.queue("default"))
+    assert isinstance(popped, bytes)
+    r.lpush(KEYS.queue("default"), json.dumps(json.loads(popped)))
+    assert [target.abort(), delayed.abort(), spaced.abort()] == [True, True, True]
+    assert [json.loads(q)["id"] for q in r.lrange(KEYS.queue("default"), 0, -1)] == [mentions.id]
+    waiting: list[bytes] = r.zrange(KEYS.delayed("default"), 0, -1)  # type: ignore[assignment]
+    assert [json.loads(d)["id"] for d in waiting] == [delayed_mention.id]
+    assert (mentions.status(), delayed_mention.status()) == ("queued", "scheduled")
 
 
 def test_running_async_job_is_cancelled_within_a_second(
