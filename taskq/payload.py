@@ -57,9 +57,35 @@ def new_id() -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# The same JSON with every non-ASCII character escaped, for text UTF-8 cannot carry.
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact, strict JSON (no NaN or Infinity: other languages must read it too)."""
-    return _ENCODER.encode(value)
+    """Compact, strict JSON (no NaN or Infinity: other languages must read it too),
+    always encodable as UTF-8: if a string in ``value`` holds a lone surrogate (which
+    UTF-8 cannot carry), the JSON escapes it, and it reads back the same."""
+    text = _ENCODER.encode(value)
+    if not text.isascii() and not utf8_ok(text):
+        return _ASCII_ENCODER.encode(value)
+    return text
+
+
+def utf8_ok(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with any lone surrogate in it written as a backslash escape
+    (``\\udc80``), so that it can be stored: a message or a traceback."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 @dataclass(slots=True)
@@ -126,6 +152,8 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     task = data.get("task")
     if type(task) is not str or not task:
         raise BadPayload("payload has no 'task' field (a non-empty string)")
+    if not task.isascii() and not utf8_ok(task):
+        raise BadPayload("'task' holds a lone surrogate, which UTF-8 cannot carry")
     args = data.get("args", [])
     if type(args) is not list:
         raise BadPayload(f"'args' must be a JSON array, not {type(args).__name__}")
@@ -138,6 +166,8 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
         job_id = new_id()
     elif type(job_id) is not str or not job_id or len(job_id) > _ID_MAX:
         raise BadPayload(f"'id' must be a non-empty string of at most {_ID_MAX} characters")
+    elif not job_id.isascii() and not utf8_ok(job_id):
+        raise BadPayload("'id' holds a lone surrogate, which UTF-8 cannot carry")
     enqueued_at = data.get("enqueued_at", _MISSING)
     if enqueued_at is _MISSING:
         enqueued_at = time.time()
@@ -154,6 +184,8 @@ def decode(raw: bytes) -> tuple[Payload, bool]:
     key = data.get("key")
     if key is not None and (type(key) is not str or not key or len(key) > _ID_MAX):
         raise BadPayload(f"'key' must be a non-empty string of at most {_ID_MAX} characters")
+    if key is not None and not key.isascii() and not utf8_ok(key):
+        raise BadPayload("'key' holds a lone surrogate, which UTF-8 cannot carry")
     recorded = data.get("recorded") is True and not missing_id
     payload = Payload(task, args, kwargs, job_id, float(enqueued_at), attempts, key, recorded)
     return payload, missing_id
@@ -206,4 +238,4 @@ def peek_id(raw: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None
     job_id = data.get("id") if isinstance(data, dict) else None
-    return job_id if isinstance(job_id, str) and job_id else None
+    return job_id if isinstance(job_id, str) and job_id and utf8_ok(job_id) else None

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import scripts
 from .keys import Keys
-from .payload import Payload, dumps, new_id
+from .payload import Payload, dumps, new_id, utf8_safe
 
 #: One command on one key: (name, key, other arguments), e.g. ("LREM", key, (1, raw)).
 #: Arguments are str, bytes, int or float: both packers (hiredis's and redis-py's) send
@@ -341,8 +341,11 @@ class WriteBuilder:
         key = k.job(payload.id)
         fields = {} if started_at is None else started_fields(payload, queue, worker, started_at)
         fields["status"] = outcome.status
-        for name in ("result", "error", "traceback"):
-            value = getattr(outcome, name)
+        # An error's text may hold a lone surrogate (from the job's data), which
+        # UTF-8 cannot carry: escaped, or the whole batch of writes would fail.
+        error = None if outcome.error is None else utf8_safe(outcome.error)
+        tb = None if outcome.traceback is None else utf8_safe(outcome.traceback)
+        for name, value in (("result", outcome.result), ("error", error), ("traceback", tb)):
             if value is not None:
                 fields[name] = value
         w = Writes()
@@ -375,8 +378,8 @@ class WriteBuilder:
                 "failed",
                 job_id=payload.id,
                 task=payload.task,
-                error=outcome.error,
-                traceback=outcome.traceback,
+                error=error,
+                traceback=tb,
                 attempts=payload.attempts + 1,
             )
             return w.merge(self.bury(worker, raw, entry))

@@ -144,6 +144,23 @@ def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     assert rec.sweep(["default"]) == 1
 
 
+def test_a_dead_workers_job_with_a_lone_surrogate_in_its_id_is_recovered(
+    app: App, r: redis.Redis
+) -> None:
+    # Its id cannot be a key (UTF-8 cannot carry it): it is recovered as garbage is.
+    odd = b'{"id":"\\ud800","task":"add","args":[1,2]}'
+    good = tasks.add.payload((2, 2), {})[1]
+    r.lpush(KEYS.active("default", "ghost"), odd, good)
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    rec = Recoverer(app, Broker(redis.Redis.from_url(app.settings.redis_url)), 1, "me")
+    assert rec.sweep(["default"]) == 2
+    stats = taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert (stats.done, stats.dead) == (1, 1)
+    assert app.job(json.loads(good)["id"]).result(timeout=1) == 4
+    [entry] = [json.loads(v) for v in r.hvals(KEYS.dead_data("default"))]
+    assert "lone surrogate" in entry["reason"]
+
+
 def test_a_set_of_queue_names_overwritten_by_hand_fails_no_push_and_no_recovery(
     app: App, r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -256,6 +256,37 @@ def test_garbage_in_the_queue_is_dead_lettered_and_nothing_else_is_lost(
     assert r.keys("taskq:{default}:active:*") == []
 
 
+def test_lone_surrogates_in_jobs_results_and_errors_fail_nothing_else(
+    app: App, r: redis.Redis
+) -> None:
+    # JSON may escape a lone surrogate (\udXXX), which UTF-8 cannot carry: it must
+    # round-trip in arguments and results, be escaped in errors, and a payload with
+    # one in its id, task or key is garbage, not a write that fails the whole batch.
+    pushed = tasks.record.push("lone \udc80")
+    raised = tasks.boom.push("lone \ud800")
+    garbage = [
+        '{"id":"\\ud800","task":"add","args":[1,1]}',
+        '{"task":"a\\udfff","args":[]}',
+        '{"task":"add","args":[1,1],"key":"\\ud800"}',
+    ]
+    r.lpush(KEYS.queue("default"), *garbage)
+    r.lpush(KEYS.queue("default"), '{"id":"by-hand","task":"record","args":["lone \\udbff"]}')
+    r.lpush(KEYS.queue("default"), '{"id":"kw","task":"add","args":[1,2],"kwargs":{"\\udbff":2}}')
+    good = tasks.add.push(1, 2)
+    stats = burst(app)
+    assert (stats.done, stats.failed, stats.dead) == (3, 2, 3)
+    assert pushed.result(timeout=1) == "lone \udc80"
+    assert app.job("by-hand").result(timeout=1) == "lone \udbff"
+    with pytest.raises(JobFailed, match=r"ValueError: lone \\ud800"):
+        raised.result(timeout=1)
+    with pytest.raises(JobFailed, match=r"bad arguments for task 'add'.*\\udbff"):
+        app.job("kw").result(timeout=1)
+    assert good.result(timeout=1) == 3
+    reasons = sorted(json.loads(v)["reason"] for v in r.hvals(KEYS.dead_data("default")))
+    assert len([x for x in reasons if "bad payload" in x]) == 3, reasons
+    assert r.keys("taskq:{default}:active:*") == []
+
+
 def test_timeout_fails_an_async_job(app: App) -> None:
     job = tasks.too_slow.push()
     burst(app)
