@@ -154,10 +154,14 @@ class AsyncBroker:
         w = self.writes.push(queue, [(payload, raw)], due)
         await self.apply(Writes(records=w.records, scripts=w.scripts))
         target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
-        holder = await self._script(scripts.PUSH_UNIQUE)(
-            keys=[self.keys.unique(queue, payload.key), target],
-            args=[payload.id, raw, "" if due is None else repr(due)],
-        )
+        try:
+            holder = await self._script(scripts.PUSH_UNIQUE)(
+                keys=[self.keys.unique(queue, payload.key), target],
+                args=[payload.id, raw, "" if due is None else repr(due)],
+            )
+        except redis.ResponseError:  # refused (the queue's type, say): no job, no record
+            await self.client.delete(self.keys.job(payload.id))
+            raise
         holder = text(holder) or ""
         if holder != payload.id:
             await self.client.delete(self.keys.job(payload.id))

@@ -385,10 +385,14 @@ class Broker:
         w = self.writes.push(queue, [(payload, raw)], due)
         self.apply(Writes(records=w.records, scripts=w.scripts))
         target = self.keys.queue(queue) if due is None else self.keys.delayed(queue)
-        holder = self._script(scripts.PUSH_UNIQUE)(
-            keys=[self.keys.unique(queue, payload.key), target],
-            args=[payload.id, raw, "" if due is None else repr(due)],
-        )
+        try:
+            holder = self._script(scripts.PUSH_UNIQUE)(
+                keys=[self.keys.unique(queue, payload.key), target],
+                args=[payload.id, raw, "" if due is None else repr(due)],
+            )
+        except redis.ResponseError:  # refused (the queue's type, say): no job, no record
+            self.client.delete(self.keys.job(payload.id))
+            raise
         holder = text(holder) or ""
         if holder != payload.id:
             self.client.delete(self.keys.job(payload.id))

@@ -4,6 +4,21 @@ Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash t
 (or is the script's only key), so each script runs in one Redis Cluster slot.
 """
 
+# A script stops at the first command Redis refuses, keeping what it wrote before: one
+# that takes a job out of one key and then puts it in another must first check that
+# the other is of the right type (a key overwritten by hand, say), or the job is lost.
+# Scripts that begin with this check with `expect(key, type)`, which refuses the
+# script before it writes anything unless the key is of that type or absent.
+_EXPECT = """
+local function expect(key, kind)
+  local t = redis.call('TYPE', key).ok
+  if t ~= kind and t ~= 'none' then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. kind ..
+                 ': nothing was changed'})
+  end
+end
+"""
+
 # KEYS: queue, active, fetched. ARGV: how many, the fetcher's name, the fetch's number,
 # how long to keep the note (ms), 1 if the fetch is sent again. Moves up to that many
 # jobs, oldest first, and notes in `fetched` the fetcher, the fetch's number and how
@@ -55,7 +70,10 @@ return n
 # workers take from, so the oldest is taken first again; returns how many. Each is
 # looked for from the tail: of two identical jobs, the one at the head may be a lost
 # fetch's (see FETCH_MANY), never the worker's own.
-GIVE_BACK = """
+GIVE_BACK = (
+    _EXPECT
+    + """
+expect(KEYS[2], 'list')
 local n = 0
 for i = 1, #ARGV do
   if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
@@ -65,6 +83,7 @@ for i = 1, #ARGV do
 end
 return n
 """
+)
 
 # KEYS: active. ARGV: a job pushed without an id, the job with the id a worker gave
 # it. Puts the new form in the old one's place (the oldest identical copy: from the
@@ -79,7 +98,12 @@ return i
 # JSON, now, trim entries that died before this time. Adds the dead letter and takes
 # the job out of the active list in one step; returns how many old entries were trimmed.
 # (Jobs that end leave the active list by LREM from its tail, where the oldest are.)
-BURY = """
+BURY = (
+    _EXPECT
+    + """
+expect(KEYS[2], 'zset')
+expect(KEYS[4], 'hash')
+expect(KEYS[5], 'hash')
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
@@ -93,20 +117,28 @@ redis.call('HINCRBY', KEYS[4], 'dead', 1)
 redis.call('LREM', KEYS[1], -1, ARGV[1])
 return #old
 """
+)
 
 # KEYS: active, delayed. ARGV: raw job, due time, the job as it runs next (one
 # attempt along). A retry waits out its backoff in the delayed set.
-RETRY_LATER = """
+RETRY_LATER = (
+    _EXPECT
+    + """
+expect(KEYS[2], 'zset')
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 end
 return 1
 """
+)
 
 # KEYS: delayed, queue. ARGV: now, at most this many. Moves due jobs to the queue
 # (each exactly once, however many workers run this) and returns
 # {moved, time the next delayed job is due or false}.
-PROMOTE = """
+PROMOTE = (
+    _EXPECT
+    + """
+expect(KEYS[2], 'list')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, raw in ipairs(due) do
   redis.call('ZREM', KEYS[1], raw)
@@ -115,6 +147,7 @@ end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or false}
 """
+)
 
 # KEYS: active of a dead worker W, queue, workers, stalls, dead, dead data, stats.
 # ARGV: raw job, job id, max stalls, W, W is dead if its heartbeat is older than this,
@@ -123,7 +156,14 @@ return {#due, nxt[2] or false}
 # once it has stalled more than max stalls.
 # Returns -1 if W came back to life, 0 if another worker recovered the job first,
 # 1 if requeued, 2 if dead-lettered.
-RECOVER_ONE = """
+RECOVER_ONE = (
+    _EXPECT
+    + """
+expect(KEYS[2], 'list')
+expect(KEYS[4], 'hash')
+expect(KEYS[5], 'zset')
+expect(KEYS[6], 'hash')
+expect(KEYS[7], 'hash')
 local beat = redis.call('ZSCORE', KEYS[3], ARGV[4])
 if beat and tonumber(beat) > tonumber(ARGV[5]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -139,6 +179,7 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[8])
 return 1
 """
+)
 
 # KEYS: active of W, workers, fetched of W. ARGV: W, dead-before. Forgets a dead
 # worker whose active list is empty, and the note of its last fetch.
@@ -153,12 +194,16 @@ return 1
 
 # KEYS: dead, dead data, queue. ARGV: dead-letter id, raw job. Requeues a dead letter
 # once, however many callers race.
-REVIVE = """
+REVIVE = (
+    _EXPECT
+    + """
+expect(KEYS[3], 'list')
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 """
+)
 
 # KEYS: the keys the commands touch. ARGV: how many entries of ARGV the commands
 # take; the commands one after another, each as its name, the index of its key in
@@ -217,9 +262,12 @@ return n
 # KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
 # Pushes the job unless another job holds the key; returns the id of the job that
 # holds it now (this one if it was pushed). Two producers racing make one job.
-PUSH_UNIQUE = """
+PUSH_UNIQUE = (
+    _EXPECT
+    + """
 local holder = redis.call('GET', KEYS[1])
 if holder then return holder end
+expect(KEYS[2], ARGV[3] == '' and 'list' or 'zset')
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[3] == '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])
@@ -228,6 +276,7 @@ else
 end
 return ARGV[1]
 """
+)
 
 # KEYS: the set of queue names. ARGV: queue names. Adds them to the set, unless its
 # key holds something else (written by hand): the set only lists queues, and a push

@@ -7,7 +7,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -16,8 +16,10 @@ import taskq
 from taskq import App, Worker, scripts
 from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
+from taskq.payload import Payload
 from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
+from taskq.writes import Outcome
 
 from . import tasks
 from .helpers import (
@@ -159,6 +161,57 @@ def test_a_dead_workers_job_with_a_lone_surrogate_in_its_id_is_recovered(
     assert app.job(json.loads(good)["id"]).result(timeout=1) == 4
     [entry] = [json.loads(v) for v in r.hvals(KEYS.dead_data("default"))]
     assert "lone surrogate" in entry["reason"]
+
+
+def test_a_move_into_a_key_of_the_wrong_type_is_refused_and_loses_no_job(
+    app: App, r: redis.Redis
+) -> None:
+    # A script stops at a refused command but keeps what it wrote: each that takes
+    # a job out of one key must refuse before that if the key it puts it in was
+    # overwritten by hand.
+    queue, delayed = KEYS.queue("default"), KEYS.delayed("default")
+    active, dead = KEYS.active("default", "w1"), KEYS.dead("default")
+    dead_id = tasks.boom.push("dies").id
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    dead_payload = Payload("boom", ["dies"], id=dead_id)
+    waiting = tasks.add.push(1, 1, delay=60)
+    ghost = tasks.add.payload((2, 2), {})[1]
+    r.lpush(KEYS.active("default", "ghost"), ghost)
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    payload, raw = tasks.add.payload((3, 3), {})
+    r.lpush(active, raw)
+    broker, writes = app.broker, app.broker.writes
+    retry = Outcome("scheduled", error="E", due=time.time() + 60)
+    failed = Outcome("failed", error="E")
+    refused: list[Callable[[], object]] = [
+        lambda: broker.promote("default", time.time() + 120),
+        lambda: broker.revive("default", dead_id, dead_payload),
+        lambda: Recoverer(app, broker, 1, "me").sweep(["default"]),
+        lambda: broker.apply(writes.give_back("default", "w1", [raw])),
+    ]
+    r.set(queue, "oops")
+    for move in refused:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            move()
+    r.delete(queue)
+    for key, outcome in ((delayed, retry), (dead, failed)):
+        held = r.dump(key)
+        r.set(key, "oops")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            broker.apply(writes.finish("default", "w1", raw, payload, outcome, None))
+        r.delete(key)
+        if held is not None:
+            r.restore(key, 0, held)
+    # Every job is where it was, and moves on now.
+    still: list[bytes] = r.zrange(delayed, 0, -1)  # type: ignore[assignment]
+    assert [json.loads(d)["id"] for d in still] == [waiting.id]
+    assert r.hkeys(KEYS.dead_data("default")) == [dead_id.encode()]  # and no half entry
+    assert r.lrange(KEYS.active("default", "ghost"), 0, -1) == [ghost]
+    assert r.lrange(active, 0, -1) == [raw]
+    assert broker.promote("default", time.time() + 120)[0] == 1
+    assert broker.revive("default", dead_id, dead_payload)
+    assert Recoverer(app, broker, 1, "me").sweep(["default"]) == 1
+    assert r.llen(queue) == 3
 
 
 def test_a_set_of_queue_names_overwritten_by_hand_fails_no_push_and_no_recovery(

@@ -346,11 +346,14 @@ def test_a_push_refused_for_its_queues_type_leaves_no_record(app: App, r: redis.
         lambda: tasks.add.push(1, 2),
         lambda: tasks.add.push_many([(i, i) for i in range(PUSH_BATCH + 3)]),
         lambda: tasks.add.push(1, 2, delay=60),
+        lambda: tasks.add.options(key="u").push(1, 2),
+        lambda: tasks.add.options(key="u", delay=60).push(1, 2),
         lambda: apush(None),
     ):
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             push()
         assert records() == 1
+        assert r.get(KEYS.unique("default", "u")) is None  # no key held for no job
     r.delete(queue)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         apush(60)
