@@ -610,15 +610,16 @@ class Broker:
             keys=[active, self.keys.queue(queue), self.keys.fetched(queue, worker)]
         )
         ids = [i for i in (peek_id(r) for r in raws[:moved]) if i is not None]
-        self._mark(ids, {"status": "queued", "worker": ""})
+        self._note(ids, 0, {"status": "queued", "worker": ""})
         return ids
 
-    def _mark(self, job_ids: Sequence[str], fields: dict[str, str]) -> None:
-        if job_ids:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hset(self.keys.job(job_id), mapping=fields)
-            pipe.execute()
+    def _note(self, job_ids: Sequence[str], stalls: int, fields: dict[str, str]) -> None:
+        """Note jobs put back on their queue in their records: see
+        scripts.NOTE_UNLESS_ENDED."""
+        args = [stalls, *(x for pair in fields.items() for x in pair)]
+        calls = [(scripts.NOTE_UNLESS_ENDED, [self.keys.job(i)], args) for i in job_ids]
+        if calls:
+            self.apply(Writes(scripts=calls))
 
     # -- heartbeat and recovery ------------------------------------------------------
     def heartbeat(
@@ -711,10 +712,7 @@ class Broker:
         fields = {"status": status, "worker": ""}
         if error is not None:
             fields.update(error=error, finished_at=repr(time.time()))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.job(job_id), mapping=fields)
-        pipe.hincrby(self.keys.job(job_id), "stalls", 1)
-        pipe.execute()
+        self._note([job_id], 1, fields)
 
     # -- dead letters ----------------------------------------------------------------
     def dead_letters(self, queue: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -181,6 +181,18 @@ return 1
 """
 )
 
+# KEYS: a job's record. ARGV: how many stalls to add to it, then field, value pairs.
+# Adds the stalls and sets the fields unless the job has ended (done, failed or
+# aborted): one put back on its queue, by a worker stopping or by recovery, may have
+# been run to its end by another worker before this note of it.
+NOTE_UNLESS_ENDED = """
+if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'stalls', ARGV[1]) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' or status == 'aborted' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 # KEYS: active of W, workers, fetched of W. ARGV: W, dead-before. Forgets a dead
 # worker whose active list is empty, and the note of its last fetch.
 FORGET_WORKER = """

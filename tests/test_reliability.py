@@ -131,6 +131,26 @@ def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis
     assert r.zscore(KEYS.workers("default"), "ghost") is None
 
 
+def test_a_job_put_back_and_run_to_its_end_meanwhile_stays_ended(app: App, r: redis.Redis) -> None:
+    # A worker stopping puts its jobs back, then notes them "queued" in their
+    # records; recovery likewise. Another worker may run one to its end in between:
+    # its outcome must not be overwritten.
+    jobs = [tasks.add.push(i, i) for i in range(3)]
+    raws = r.lrange(KEYS.queue("default"), 0, -1)
+    r.delete(KEYS.queue("default"))
+    r.lpush(KEYS.active("default", "w1"), *raws)
+    r.hset(KEYS.job(jobs[0].id), mapping={"status": "done", "result": "0"})
+    r.hset(KEYS.job(jobs[1].id), mapping={"status": "active", "worker": "w1"})
+    assert sorted(app.broker.put_back("default", "w1")) == sorted(j.id for j in jobs)
+    assert [j.status() for j in jobs] == ["done", "queued", "queued"]
+    assert r.hget(KEYS.job(jobs[1].id), "worker") == b""
+    app.broker.note_stall(jobs[0].id, "queued")
+    app.broker.note_stall(jobs[2].id, "failed", error="PoisonJob: x")
+    assert [j.status() for j in jobs] == ["done", "queued", "failed"]
+    assert [r.hget(KEYS.job(j.id), "stalls") for j in jobs] == [b"1", None, b"1"]
+    assert jobs[0].result(timeout=1) == 0
+
+
 def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     raw = tasks.add.payload((1, 2), {})[1]
     r.lpush(KEYS.active("default", "slowpoke"), raw)
