@@ -350,7 +350,8 @@ def _wait_and_report(jobs: list[Job[Any]], timeout: float | None) -> int:
 def result(
     job_id: str, redis_url: str | None, wait_: bool, timeout: float | None, as_json: bool
 ) -> None:
-    """Show a job's result (exit 1 if it failed, 2 if it has not finished)."""
+    """Show a job's result (exit 1 if it failed or was aborted, 2 if it has not
+    finished)."""
     job: Job[Any] = App(redis_url).job(job_id)
     if wait_:
         with contextlib.suppress(JobFailed, ResultTimeout):  # reported below from the record
@@ -365,6 +366,10 @@ def result(
         if not as_json:
             click.echo(record.traceback or "", err=True, nl=False)
             click.echo(f"job {job_id} failed: {record.error}", err=True)
+        sys.exit(1)
+    elif record.status == "aborted":
+        if not as_json:
+            click.echo(f"job {job_id} was aborted", err=True)
         sys.exit(1)
     else:
         if not as_json:

@@ -98,6 +98,9 @@ def test_abort_from_the_cli(app: App) -> None:
     again = CliRunner().invoke(main, ["abort", job.id], env=env)
     assert again.exit_code == 1
     assert "already finished (aborted)" in again.output
+    for wait in ([], ["--wait"]):  # ended, with no result: as a failure
+        shown = CliRunner().invoke(main, ["result", job.id, *wait], env=env)
+        assert (shown.exit_code, shown.output) == (1, f"job {job.id} was aborted\n")
 
 
 def test_a_job_in_the_queue_twice_runs_twice_and_is_aborted_as_one(
