@@ -639,7 +639,7 @@ class Broker:
         if unlisted and not self._unlisted:
             self._unlisted = True
             log.warning(
-                "%s is not a set: queues go unlisted (taskq queues, the dashboard) "
+                "%s is not a set: queues go unlisted (taskq info, the dashboard) "
                 "until it is deleted; jobs run as usual",
                 self.keys.queues(),
             )

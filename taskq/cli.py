@@ -24,7 +24,7 @@ from .dashboard.command import dashboard
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
 from .worker.loop_thread import LOOPS
-from .worker.master import Worker
+from .worker.master import AUTO_PREFETCH_MAX, AUTO_PREFETCH_WAIT, Worker
 from .worker.supervisor import Supervisor
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,8 +74,9 @@ def main() -> None:
     default=None,
     envvar="TASKQ_PREFETCH",
     help="Jobs taken ahead of free slots, held in this worker's in-progress list "
-    "(default: automatic, as many as start within about 20 ms judging by recent "
-    "run times, at most 4 x --concurrency; 0 takes none ahead).",
+    f"(default: automatic, as many as start within about {AUTO_PREFETCH_WAIT * 1000:.0f} ms "
+    f"judging by how fast runs ended lately, at most {AUTO_PREFETCH_MAX:,}; 0 takes none "
+    "ahead).",
 )
 @click.option(
     "--metrics-port",

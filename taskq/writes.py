@@ -263,7 +263,7 @@ class Outcome:
     due: float | None = None  # when a retry runs
 
 
-#: A producer adds a queue to the set of queue names (what ``taskq queues`` and the
+#: A producer adds a queue to the set of queue names (what ``taskq info`` and the
 #: dashboard list) with its first push there, then with a push at most once per this
 #: many seconds: a command less for every other push. Nothing removes a name from the
 #: set, and every worker adds its queues at each heartbeat; this only puts a name

@@ -584,7 +584,7 @@ class Worker:
         self._loop.loop.call_soon_threadsafe(self._runner.stop_starting)
         if self._in_flight:
             log.info(
-                "stopping (%s): waiting up to %.0fs for %d running job(s)",
+                "stopping (%s): waiting up to %gs for %d running job(s)",
                 reason,
                 self.settings.grace,
                 self._in_flight,
