@@ -655,6 +655,12 @@ class Broker:
         found = self.client.zrangebyscore(self.keys.workers(queue), "-inf", dead_before)
         return [text(w) or "" for w in found]
 
+    def worker_described(self, worker: str) -> bool:
+        """Whether the worker's description is still there: it expires after the
+        worker's own heartbeat timeout (see :meth:`heartbeat`), so it is alive by
+        its own account."""
+        return bool(self.client.exists(self.keys.worker(worker)))
+
     def active_jobs(self, queue: str, worker: str, limit: int = 100) -> list[bytes]:
         """The oldest jobs in a worker's active list (the end it took first)."""
         return list(self.client.lrange(self.keys.active(queue, worker), -limit, -1))[::-1]

@@ -99,8 +99,9 @@ def main() -> None:
     type=click.FloatRange(min=0.5),
     default=None,
     envvar="TASKQ_HEARTBEAT_TIMEOUT",
-    help="Seconds without a heartbeat before a worker counts as dead and its jobs are "
-    "recovered by the others (default 15).",
+    help="Seconds without a heartbeat before this worker counts as dead and its jobs "
+    "are recovered by the others (default 15). Others judge it by this, it judges them "
+    "by theirs and its own, whichever is longer.",
 )
 @click.option(
     "--burst",

@@ -151,6 +151,23 @@ def test_a_job_put_back_and_run_to_its_end_meanwhile_stays_ended(app: App, r: re
     assert jobs[0].result(timeout=1) == 0
 
 
+def test_a_worker_is_judged_dead_by_its_own_heartbeat_timeout_too(app: App, r: redis.Redis) -> None:
+    # One worker beats every 2 s with a timeout of 30 s; another, given 1 s, must not
+    # take its beat 1.5 s old for a death. Its description expires after its own
+    # timeout: as long as it is there, the worker is alive by its own account.
+    raw = tasks.add.payload((1, 2), {})[1]
+    r.lpush(KEYS.active("default", "patient"), raw)
+    broker = app.broker
+    broker.heartbeat("patient", ["default"], {"host": "h"}, ttl=30)
+    r.zadd(KEYS.workers("default"), {"patient": time.time() - 1.5})
+    hasty = Recoverer(app, broker, 1, "hasty")
+    assert hasty.sweep(["default"]) == 0
+    assert r.lrange(KEYS.active("default", "patient"), 0, -1) == [raw]
+    r.delete(KEYS.worker("patient"))  # as once its own 30 s have passed
+    assert hasty.sweep(["default"]) == 1
+    assert r.llen(KEYS.queue("default")) == 1
+
+
 def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     raw = tasks.add.payload((1, 2), {})[1]
     r.lpush(KEYS.active("default", "slowpoke"), raw)

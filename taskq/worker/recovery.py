@@ -1,7 +1,9 @@
 """Recovering the jobs of dead workers, from the heartbeat thread of a live one.
 
 A worker is dead once its heartbeat in ``taskq:{Q}:workers`` is older than the
-heartbeat timeout; until then its jobs are its own however long they run. Each of a
+heartbeat timeout and its own heartbeat timeout has passed too (its description in
+``taskq:worker:ID`` expires then): workers given different timeouts do not judge
+one another by their own. Until then its jobs are its own however long they run. Each of a
 dead worker's jobs is moved atomically (one Lua call per job, which also re-checks
 that the worker is still dead), so two workers sweeping at once never requeue a job
 twice. Each recovery counts a stall; past ``max_stalls`` the job is a poison job and
@@ -51,7 +53,7 @@ class Recoverer:
         for queue in queues:
             dead_before = time.time() - self.heartbeat_timeout
             for worker in self.broker.dead_workers(queue, dead_before):
-                if worker != self.own_id:
+                if worker != self.own_id and not self.broker.worker_described(worker):
                     count += self._recover_worker(queue, worker, dead_before)
         return count
 
