@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import threading
 import time
 import weakref
@@ -34,7 +35,7 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
     if delay is not None and at is not None:
         raise TypeError("give delay= or at=, not both")
     if delay is not None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
             raise ValueError(f"delay must be zero or more seconds, not {delay!r}")
         due = time.time() + delay
     elif at is not None:
@@ -46,6 +47,9 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
             raise TypeError(f"at must be a datetime or epoch seconds, not {type(at).__name__}")
     else:
         return None
+    if not math.isfinite(due):  # infinity would hold the job back for ever
+        shown = delay if at is None else at
+        raise ValueError(f"the job's due time must be finite, not {shown!r}")
     return due if due > time.time() else None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import threading
 import time
@@ -417,8 +418,13 @@ def test_push_at_and_options_delay(app: App, r: redis.Redis) -> None:
     assert dues[1] == pytest.approx(later.timestamp(), abs=5)
     with pytest.raises(TypeError, match="not both"):
         tasks.add.push(1, 2, delay=1, at=later)
-    with pytest.raises(ValueError, match="delay"):
-        tasks.add.push(1, 2, delay=-1)
+    for bad in (-1, math.nan):
+        with pytest.raises(ValueError, match="delay must be zero or more"):
+            tasks.add.push(1, 2, delay=bad)
+    for never in ({"delay": math.inf}, {"at": math.inf}, {"at": math.nan}):
+        with pytest.raises(ValueError, match="must be finite"):
+            tasks.add.options(**never).push(1, 2)  # type: ignore[arg-type]
+    assert r.zcard(KEYS.delayed("default")) == 2
 
 
 def test_sync_timeout_frees_the_slot(app: App) -> None:
