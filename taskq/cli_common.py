@@ -63,6 +63,8 @@ def load_app(spec: str | None, redis_url: str | None) -> App:
         demo_tasks.register(app)
         return app
     module_name, _, attr = spec.partition(":")
+    if not module_name or module_name.startswith("."):
+        raise ConfigError(f"--app {spec!r}: name a module, as MODULE or MODULE:ATTR")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

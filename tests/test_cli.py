@@ -421,6 +421,12 @@ def test_error_messages_name_the_problem(worker_env: dict[str, str]) -> None:
     assert "--args" in out.stderr
     out = failing_cli(worker_env, "push", "--app", "tests.tasks:nothing", "0")
     assert "tests.tasks.nothing is not a taskq.App" in out.stderr
+    for spec in ("", ":app", ".tasks"):
+        out = failing_cli(worker_env, "worker", "--burst", "--app", spec)
+        assert (out.returncode, out.stderr) == (
+            1,
+            f"Error: --app {spec!r}: name a module, as MODULE or MODULE:ATTR\n",
+        )
 
 
 # -- in-process (CliRunner) --------------------------------------------------------------
