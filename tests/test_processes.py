@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
+import pytest
 import redis
 
 from taskq import App
 from taskq.keys import Keys
+from taskq.worker.supervisor import Supervisor
 
 from . import tasks
 from .helpers import as_text, wait_event
@@ -79,3 +82,21 @@ def test_a_killed_child_is_restarted_and_its_job_recovered(
         supervisor.wait_for_line(r"worker \S+ started:", timeout=15, count=3)
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(timeout=40) == 0, supervisor.log
+
+
+def test_a_signal_while_every_child_awaits_its_restart_stops_the_supervisor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class SignalledMeanwhile(Supervisor):
+        def _wait(self, restarts: dict[int, tuple[float, int]]) -> None:
+            if restarts and not self.children and not self.signals:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled in this, the main, thread
+            super()._wait(restarts)
+
+    caplog.set_level(logging.INFO)
+    # Each child fails at start (exit 1): both wait out their restart backoff.
+    crashing = SignalledMeanwhile(["--app", "nosuchmodule"], 2, dict(os.environ))
+    assert crashing.run() == 0
+    assert crashing.signals == [signal.SIGTERM]
+    assert caplog.text.count("restarting in 0.5s") == 2
+    assert "all worker processes stopped (SIGTERM)" in caplog.text

@@ -107,8 +107,9 @@ class Supervisor:
     def _wait(self, restarts: dict[int, tuple[float, int]]) -> None:
         """Block until a child exits, or until the next restart is due."""
         if not restarts:
-            # Signals are forwarded by the handler; this wait resumes after them.
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            if self.children:  # none when a signal came as they all awaited a restart
+                # Signals are forwarded by the handler; this wait resumes after them.
+                os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             return
         due = min(when for when, _ in restarts.values())
         while time.monotonic() < due and not self.signals:
