@@ -110,6 +110,18 @@ def blocking_wait_for_gate() -> str:
 
 
 @app.task
+async def blocks_a_to_thread_thread(name: str) -> None:
+    """Blocks a thread of the loop's default executor (asyncio.to_thread) for good."""
+
+    def block() -> None:
+        with _client() as c:
+            c.rpush("events", f"start:{name}")
+            c.blpop(["never"], timeout=600)
+
+    await asyncio.to_thread(block)
+
+
+@app.task
 async def open_gate() -> str:
     gate.set()
     return "opened"

@@ -70,6 +70,20 @@ def test_second_signal_skips_the_grace_period(
     assert r.llen(KEYS.queue("default")) == 1
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_thread_of_asyncio_to_thread_still_blocked_does_not_hold_the_exit(
+    app: App, r: redis.Redis, worker_env: dict[str, str], loop: str
+) -> None:
+    # The standard default executor's threads are joined at interpreter exit.
+    with start_worker(worker_env, "--grace", "0.5", "--loop", loop) as worker:
+        job = tasks.blocks_a_to_thread_thread.push("to_thread")
+        wait_event(r, "start:to_thread")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.log
+    assert "1 put back" in worker.log
+    assert job.status() == "queued"
+
+
 def test_idle_worker_blocks_inside_redis_and_starts_a_pushed_job(
     app: App, r: redis.Redis, worker_env: dict[str, str]
 ) -> None:

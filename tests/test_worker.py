@@ -132,6 +132,23 @@ def test_a_blocking_sync_job_does_not_stall_async_jobs(app: App) -> None:
     assert opener.result(timeout=5) == "opened"
 
 
+def test_a_bounded_daemon_executor_queues_work_beyond_its_threads() -> None:
+    pool = DaemonExecutor("bounded", max_workers=2)
+    gate = threading.Event()
+    try:
+        held = [pool.submit(gate.wait, 10) for _ in range(2)]
+        queued = [pool.submit(threading.current_thread) for _ in range(3)]
+        assert not any(f.done() for f in queued)  # both threads are held
+        gate.set()
+        assert all(f.result(timeout=10) for f in held)
+        names = {f.result(timeout=10).name for f in queued}
+        assert names <= {"bounded-0", "bounded-1"}
+        assert [t.daemon for t in pool._threads] == [True, True]
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
 def test_concurrency_bound_is_respected(app: App) -> None:
     tasks.concurrency.update(running=0, max=0)
     jobs = tasks.count_concurrency.push_many([(0.05,)] * 12)

@@ -22,8 +22,11 @@ class DaemonExecutor(concurrent.futures.Executor):
     threads are abandoned (their jobs were already put back or failed).
     """
 
-    def __init__(self, name: str = "taskq-sync") -> None:
+    def __init__(self, name: str = "taskq-sync", max_workers: int | None = None) -> None:
+        """``max_workers``: at most this many threads at once (None: no bound); work
+        beyond waits its turn, as in a ThreadPoolExecutor."""
         self._name = name
+        self._max = max_workers
         self._work: queue.SimpleQueue[
             tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
         ] = queue.SimpleQueue()
@@ -40,7 +43,7 @@ class DaemonExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("executor is shut down")
-            if self._idle == 0:
+            if self._idle <= 0 and (self._max is None or len(self._threads) < self._max):
                 thread = threading.Thread(
                     target=self._serve, daemon=True, name=f"{self._name}-{len(self._threads)}"
                 )
@@ -74,3 +77,23 @@ class DaemonExecutor(concurrent.futures.Executor):
         if wait:
             for thread in threads:
                 thread.join()
+
+
+class DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
+    """A bounded :class:`DaemonExecutor` that asyncio takes as a loop's default
+    executor (it insists on a ThreadPoolExecutor): asyncio.to_thread and
+    ``run_in_executor(None, ...)`` in jobs then never hold a worker's exit. None of
+    the standard pool's own threads is ever started."""
+
+    def __init__(self, name: str, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=name)
+        self._daemons = DaemonExecutor(name, max_workers=max_workers)
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        return self._daemons.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._daemons.shutdown(wait, cancel_futures=cancel_futures)
+        super().shutdown(wait=False)

@@ -40,7 +40,7 @@ from ..app import App
 from ..broker import Broker
 from ..config import MULTIPROC_ENV, mask_url
 from ..connection import REDIS_ERRORS, connect, connect_async
-from .executor import DaemonExecutor
+from .executor import DaemonExecutor, DaemonThreadPool
 from .heartbeat import Heartbeat
 from .loop_thread import LoopThread, loop_kind
 from .runner import JobRunner
@@ -229,6 +229,12 @@ class Worker:
             raise WorkerError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from None
         executor = DaemonExecutor()
         self._loop = LoopThread(kind=self.loop_kind)
+        # asyncio.to_thread and run_in_executor(None, ...) in jobs: the standard
+        # executor's threads are joined at exit, so one still blocked would hold a
+        # worker's exit after its grace period. Bounded as the standard one is.
+        self._loop.loop.set_default_executor(
+            DaemonThreadPool("taskq-to-thread", max_workers=min(32, (os.cpu_count() or 1) + 4))
+        )
         self._loop.start()
         self._runner = self._loop.call(self._make_runner(executor))
         heartbeat = Heartbeat(
