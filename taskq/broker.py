@@ -727,11 +727,11 @@ class Broker:
         if not ids:
             return []
         entries = self.client.hmget(self.keys.dead_data(queue), ids)
-        return [json.loads(e) for e in entries if e is not None]
+        return [read_dead_letter(i, e) for i, e in zip(ids, entries, strict=True) if e is not None]
 
     def dead_letter(self, queue: str, dead_id: str) -> dict[str, Any] | None:
         raw = self.client.hget(self.keys.dead_data(queue), dead_id)
-        return json.loads(raw) if raw is not None else None
+        return read_dead_letter(dead_id, raw) if raw is not None else None
 
     def revive(self, queue: str, dead_id: str, payload: Payload) -> bool:
         """Requeue a dead letter as a fresh job under the same id, attempts reset
@@ -829,6 +829,26 @@ def text(value: bytes | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return value.decode("utf-8", "replace")
+
+
+def read_dead_letter(dead_id: bytes | str, raw: bytes) -> dict[str, Any]:
+    """A dead letter as stored (see :func:`taskq.writes.dead_entry`), under its id. One
+    that cannot be read (written by hand, say) is listed as such, to be purged."""
+    try:
+        entry = json.loads(raw)
+        problem = f"a JSON {type(entry).__name__}, not an object"
+    except (ValueError, RecursionError) as exc:
+        entry, problem = None, f"not JSON ({exc})"
+    if not isinstance(entry, dict):
+        entry = {
+            "reason": f"unreadable dead letter: {problem}",
+            "payload": raw.decode("utf-8", "replace"),
+        }
+    entry["id"] = text(dead_id)
+    died_at = entry.get("died_at")
+    if isinstance(died_at, bool) or not isinstance(died_at, int | float):
+        entry["died_at"] = 0.0
+    return entry
 
 
 def fields_of(raw: dict[Any, Any]) -> dict[str, str]:

@@ -58,14 +58,17 @@ def dead(redis_url: str | None, queues: tuple[str, ...], limit: int, as_json: bo
                 f"{entry['id']}  {queue}  {entry.get('task') or '-'}  "
                 f"{_when(entry['died_at'])}  attempts={entry.get('attempts', 0)}"
             )
-            click.echo(f"    {entry.get('error') or entry.get('reason')}")
+            click.echo(f"    {entry.get('error') or entry.get('reason') or '-'}")
     if not as_json:
         click.echo(f"{total} dead letter(s)", err=True)
 
 
 def _revive(broker: Broker, queue: str, entry: dict[str, Any]) -> str:
     """Requeue one dead letter; returns an error message, or '' on success."""
-    raw = entry_payload(entry)
+    try:
+        raw = entry_payload(entry)
+    except (KeyError, TypeError, ValueError):
+        return f"{entry['id']}: the dead letter holds no readable job; purge it instead"
     try:
         payload, _ = decode(raw)
     except BadPayload as exc:

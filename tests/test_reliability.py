@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -499,6 +500,42 @@ def test_dead_letters_cli_lists_retries_and_purges(
     purged = runner.invoke(main, ["purge", "--yes"], env=env)
     assert purged.exit_code == 0
     assert r.hlen(KEYS.dead_data("default")) == 0
+
+
+def test_dead_letters_written_by_hand_are_listed_and_purged_not_a_traceback(
+    app: App, r: redis.Redis
+) -> None:
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+
+    failed = tasks.boom.push("once")
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    by_hand: dict[Any, Any] = {
+        "text": "not json",
+        "list": "[1,2]",
+        "bare": "{}",
+        "b64": '{"payload_base64":5}',
+    }
+    r.hset(KEYS.dead_data("default"), mapping=by_hand)
+    r.zadd(KEYS.dead("default"), dict.fromkeys(by_hand, 1.0))
+    runner = CliRunner()
+    env = {"TASKQ_REDIS_URL": app.settings.redis_url}
+    listing = runner.invoke(main, ["dead"], env=env)
+    assert listing.exit_code == 0, listing.output
+    assert "unreadable dead letter: not JSON" in listing.output
+    assert "unreadable dead letter: a JSON list, not an object" in listing.output
+    assert "5 dead letter(s)" in listing.output
+    lines = runner.invoke(main, ["dead", "--json"], env=env).output.splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted([*by_hand, failed.id])
+    retried = runner.invoke(main, ["retry", "--all"], env=env)
+    assert retried.exit_code == 1
+    for no_job in ("bare", "b64"):
+        assert f"{no_job}: the dead letter holds no readable job; purge" in retried.output
+    assert retried.output.count("cannot retry a bad payload") == 2
+    assert "retried 1 job(s)" in retried.output
+    purged = runner.invoke(main, ["purge", "--yes", *by_hand], env=env)
+    assert (purged.exit_code, r.hlen(KEYS.dead_data("default"))) == (0, 0)
 
 
 @pytest.mark.parametrize(
