@@ -2,7 +2,16 @@
 
 from .app import App, Task
 from .config import ConfigError, Settings
-from .job import Job, JobAborted, JobError, JobFailed, JobNotFound, JobRecord, ResultTimeout
+from .job import (
+    Job,
+    JobAborted,
+    JobError,
+    JobFailed,
+    JobNotFound,
+    JobRecord,
+    RecordUnreadable,
+    ResultTimeout,
+)
 from .retry import Retry
 from .waiting import (
     ALL_COMPLETED,
@@ -29,6 +38,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "JobRecord",
+    "RecordUnreadable",
     "ResultTimeout",
     "Retry",
     "Settings",

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import selectors
@@ -411,10 +412,17 @@ class Broker:
             )
 
     def schedules(self) -> list[dict[str, Any]]:
-        return sorted(
-            (json.loads(v) for v in self.client.hvals(self.keys.cron())),
-            key=lambda info: str(info["name"]),
-        )
+        """The cron schedules workers published; one unreadable (not taskq's) is left
+        out: each worker publishes its own again as it starts."""
+        found = []
+        for name, raw in self.client.hgetall(self.keys.cron()).items():
+            try:
+                info = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(info, dict):
+                found.append({**info, "name": text(name)})
+        return sorted(found, key=lambda info: str(info["name"]))
 
     def abort(self, job_id: str, queue: str, status: str, key: str | None) -> bool:
         """Abort a job (see :meth:`taskq.Job.abort`); False if it had finished."""
@@ -432,7 +440,8 @@ class Broker:
         """Ids of jobs whose abort waits for a worker; requests older than
         ``forget_before`` (their job finished or vanished meanwhile) are dropped."""
         found = {
-            text(k) or "": float(v) for k, v in self.client.hgetall(self.keys.aborts(queue)).items()
+            text(k) or "": _number(v, -math.inf)  # unreadable (not taskq's): stale
+            for k, v in self.client.hgetall(self.keys.aborts(queue)).items()
         }
         stale = [job_id for job_id, at in found.items() if at < forget_before]
         if stale:
@@ -778,7 +787,7 @@ class Broker:
         for w in every:
             pipe.llen(k.active(queue, w))
         queued, delayed, dead, stats, alive, *active = pipe.execute()
-        counters = {text(name): int(v) for name, v in stats.items()}
+        counters = {text(name): int(_number(v, 0)) for name, v in stats.items()}
         return {
             "queue": queue,
             "queued": queued,
@@ -829,6 +838,15 @@ def text(value: bytes | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return value.decode("utf-8", "replace")
+
+
+def _number(value: bytes | str, unreadable: float) -> float:
+    """A number Redis holds (a counter, a time), or ``unreadable`` if it is not one."""
+    try:
+        number = float(value)
+    except ValueError:
+        return unreadable
+    return number if math.isfinite(number) else unreadable
 
 
 def read_dead_letter(dead_id: bytes | str, raw: bytes) -> dict[str, Any]:

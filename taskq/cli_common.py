@@ -16,7 +16,7 @@ from . import demo as demo_tasks
 from .app import App
 from .config import ConfigError, Settings, mask_url
 from .connection import REDIS_ERRORS
-from .job import JobNotFound
+from .job import JobNotFound, RecordUnreadable
 from .worker.master import WorkerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +45,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, WorkerError, JobNotFound) as exc:
+        except (ConfigError, WorkerError, JobNotFound, RecordUnreadable) as exc:
             raise click.ClickException(str(exc)) from None
         except REDIS_ERRORS as exc:
             url = mask_url(

@@ -44,6 +44,10 @@ class JobAborted(JobFailed):
     """The job was aborted (``job.abort()`` / ``taskq abort``) before it finished."""
 
 
+class RecordUnreadable(JobError, ValueError):
+    """The job's record holds what taskq did not write (a field edited by hand)."""
+
+
 class ResultTimeout(JobError, TimeoutError):
     """The job did not finish within the time given to wait for it."""
 
@@ -70,6 +74,14 @@ class JobRecord:
 
     @classmethod
     def from_fields(cls, job_id: str, f: dict[str, str]) -> JobRecord:
+        """The record from its fields; RecordUnreadable if one is not as taskq writes it."""
+        try:
+            return cls._from_fields(job_id, f)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise RecordUnreadable(f"job {job_id}: its record cannot be read ({exc})") from None
+
+    @classmethod
+    def _from_fields(cls, job_id: str, f: dict[str, str]) -> JobRecord:
         def num(name: str) -> float | None:
             return float(f[name]) if f.get(name) else None
 

@@ -301,6 +301,29 @@ def test_info_shows_queue_counts(app: App, worker_env: dict[str, str]) -> None:
     assert lines[3] == "workers alive: 0"
 
 
+def test_data_edited_by_hand_gets_a_clear_line_not_a_traceback(
+    app: App, r: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    job = tasks.add.push(1, 2)
+    r.hset("taskq:{default}:stats", mapping={"done": "many", "failed": "2"})
+    r.hset("taskq:cron", mapping={"by-hand": "not json"})
+    r.hset("taskq:{default}:aborts", mapping={"some-id": "never"})
+    out = taskq_cli(worker_env, "info", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["queues"][0]["done"], report["queues"][0]["failed"]) == (0, 2)
+    assert report["schedules"] == []
+    assert app.broker.abort_requests("default", 0.0) == set()  # unreadable: stale
+    assert r.hlen("taskq:{default}:aborts") == 0
+    r.hset(f"taskq:job:{job.id}", "attempts", "several")
+    out = taskq_cli(worker_env, "result", job.id)
+    assert (out.returncode, out.stderr) == (
+        1,
+        f"Error: job {job.id}: its record cannot be read "
+        "(invalid literal for int() with base 10: 'several')\n",
+    )
+
+
 def test_info_of_an_empty_redis(worker_env: dict[str, str]) -> None:
     out = taskq_cli(worker_env, "info")
     assert out.returncode == 0, out.stderr
