@@ -742,21 +742,38 @@ class Broker:
         raw = self.client.hget(self.keys.dead_data(queue), dead_id)
         return read_dead_letter(dead_id, raw) if raw is not None else None
 
-    def revive(self, queue: str, dead_id: str, payload: Payload) -> bool:
-        """Requeue a dead letter as a fresh job under the same id, attempts reset
-        (once, even if raced)."""
+    def revive(self, queue: str, dead_id: str, payload: Payload) -> str:
+        """Requeue a dead letter as a fresh job under the same id, attempts reset (once,
+        even if raced), holding its unique key again if it has one. Returns "" once
+        requeued, else why it was not: gone (retried or purged), or its key held by
+        another job."""
         payload = dataclasses.replace(payload, attempts=0)
         raw = payload.encode()
+        keys = [self.keys.dead(queue), self.keys.dead_data(queue), self.keys.queue(queue)]
+        if payload.key:
+            keys.append(self.keys.unique(queue, payload.key))
+        gone = f"{dead_id}: already retried or purged"
+        # The record goes first (a worker may end the job before a write after the
+        # script), so only once the script would be expected to requeue it.
+        holder = text(self.client.get(keys[3])) if payload.key else None
+        if not self.client.hexists(keys[1], dead_id):
+            return gone
+        if holder not in (None, payload.id):
+            return self._key_held(dead_id, payload, holder)
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(self.keys.job(payload.id))
-        fields = record_fields(payload, queue)
-        pipe.hset(self.keys.job(payload.id), mapping=fields)
+        pipe.hset(self.keys.job(payload.id), mapping=record_fields(payload, queue))
         pipe.execute()
-        return bool(
-            self._revive(
-                keys=[self.keys.dead(queue), self.keys.dead_data(queue), self.keys.queue(queue)],
-                args=[dead_id, raw],
-            )
+        done = self._revive(keys=keys, args=[dead_id, raw, payload.id])
+        if done == 1:
+            return ""
+        return gone if done == 0 else self._key_held(dead_id, payload, text(done))
+
+    @staticmethod
+    def _key_held(dead_id: str, payload: Payload, holder: str | None) -> str:
+        return (
+            f"{dead_id}: job {holder} holds its unique key {payload.key!r}; "
+            "retry it once that job has ended"
         )
 
     def purge_dead(self, queue: str, dead_ids: Sequence[str] | None = None) -> int:

@@ -73,9 +73,7 @@ def _revive(broker: Broker, queue: str, entry: dict[str, Any]) -> str:
         payload, _ = decode(raw)
     except BadPayload as exc:
         return f"{entry['id']}: cannot retry a bad payload ({exc}); purge it instead"
-    if not broker.revive(queue, entry["id"], payload):
-        return f"{entry['id']}: already retried or purged"
-    return ""
+    return broker.revive(queue, entry["id"], payload)
 
 
 @click.command()

@@ -204,13 +204,21 @@ redis.call('DEL', KEYS[3])
 return 1
 """
 
-# KEYS: dead, dead data, queue. ARGV: dead-letter id, raw job. Requeues a dead letter
-# once, however many callers race.
+# KEYS: dead, dead data, queue, and the job's unique key if it has one. ARGV:
+# dead-letter id, raw job, job id. Requeues a dead letter once, however many callers
+# race, taking its unique key again: returns 1, 0 if it is gone (retried or purged),
+# or the id of another job that holds the key (then nothing changes).
 REVIVE = (
     _EXPECT
     + """
 expect(KEYS[3], 'list')
-if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+if KEYS[4] then
+  local holder = redis.call('GET', KEYS[4])
+  if holder and holder ~= ARGV[3] then return holder end
+  redis.call('SET', KEYS[4], ARGV[3])
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1

@@ -248,7 +248,7 @@ def test_a_move_into_a_key_of_the_wrong_type_is_refused_and_loses_no_job(
     assert r.lrange(KEYS.active("default", "ghost"), 0, -1) == [ghost]
     assert r.lrange(active, 0, -1) == [raw]
     assert broker.promote("default", time.time() + 120)[0] == 1
-    assert broker.revive("default", dead_id, dead_payload)
+    assert broker.revive("default", dead_id, dead_payload) == ""
     assert Recoverer(app, broker, 1, "me").sweep(["default"]) == 1
     assert r.llen(queue) == 3
 

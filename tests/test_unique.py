@@ -67,6 +67,32 @@ def test_key_is_held_while_delayed_and_released_when_the_job_fails(
     assert tasks.boom.push("y", key="doomed").id != failing.id
 
 
+def test_a_retried_dead_letter_takes_its_key_again_or_waits_for_its_holder(
+    app: App, r: redis.Redis
+) -> None:
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+
+    env = {"TASKQ_REDIS_URL": app.settings.redis_url}
+    failed = tasks.boom.push("x", key="once")
+    burst(app)
+    holder = tasks.add.push(1, 1, key="once")  # the key was free: a new job took it
+    refused = CliRunner().invoke(main, ["retry", failed.id], env=env)
+    assert refused.exit_code == 1
+    assert f"job {holder.id} holds its unique key 'once'" in refused.output
+    assert failed.status() == "failed", "its record is left as it was"
+    assert r.hexists(KEYS.dead_data("default"), failed.id)
+    burst(app)  # the holder ends, releasing the key
+    retried = CliRunner().invoke(main, ["retry", failed.id], env=env)
+    assert retried.exit_code == 0, retried.output
+    assert r.get(KEYS.unique("default", "once")) == failed.id.encode()
+    assert tasks.add.push(2, 2, key="once").id == failed.id  # held by the retried job
+    again = CliRunner().invoke(main, ["retry", failed.id], env=env)
+    assert (again.exit_code, failed.status()) == (1, "queued")
+    assert "no such dead letter" in again.output
+
+
 def test_async_push_and_bad_uses(app: App) -> None:
     import asyncio
 

@@ -24,8 +24,9 @@ def retry(broker: Broker, queue: str, dead_id: str) -> tuple[bool, str]:
         payload, _ = decode(entry_payload(entry))
     except (BadPayload, KeyError, ValueError) as exc:
         return False, f"cannot retry {dead_id}: bad payload ({exc}); purge it instead"
-    if not broker.revive(queue, dead_id, payload):
-        return False, f"{dead_id} was already retried or purged"
+    problem = broker.revive(queue, dead_id, payload)
+    if problem:
+        return False, problem
     log.info("dead letter %s of queue %r retried from the dashboard", dead_id, queue)
     return True, f"retried {dead_id}: back on queue {queue}"
 
