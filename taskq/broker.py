@@ -776,6 +776,16 @@ class Broker:
             "retry it once that job has ended"
         )
 
+    def trim_dead(self, queue: str, before: float) -> int:
+        """Delete the dead letters of ``queue`` that died before ``before``; returns
+        how many."""
+        k = self.keys
+        return int(
+            self._script(scripts.TRIM_DEAD)(
+                keys=[k.dead(queue), k.dead_data(queue), k.stats(queue)], args=[repr(before)]
+            )
+        )
+
     def purge_dead(self, queue: str, dead_ids: Sequence[str] | None = None) -> int:
         """Delete some (or all) dead letters of a queue; returns how many."""
         if dead_ids is None:
@@ -811,7 +821,10 @@ class Broker:
             "in_progress": sum(active),
             "delayed": delayed,
             "dead": dead,
-            **{c: counters.get(c, 0) for c in ("done", "failed", "retried", "stalled")},
+            **{
+                c: counters.get(c, 0)
+                for c in ("done", "failed", "retried", "stalled", "dead_trimmed")
+            },
             "workers": sorted(text(w) or "" for w in alive),
         }
 

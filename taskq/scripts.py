@@ -19,6 +19,20 @@ local function expect(key, kind)
 end
 """
 
+# `trim(dead, dead data, stats, before)`: deletes the dead letters that died before
+# `before`, counts them in the stats' `dead_trimmed`, and returns how many.
+_TRIM = """
+local function trim(dead, data, stats, before)
+  local old = redis.call('ZRANGEBYSCORE', dead, '-inf', '(' .. before)
+  for _, id in ipairs(old) do redis.call('HDEL', data, id) end
+  if #old > 0 then
+    redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. before)
+    redis.call('HINCRBY', stats, 'dead_trimmed', #old)
+  end
+  return #old
+end
+"""
+
 # KEYS: queue, active, fetched. ARGV: how many, the fetcher's name, the fetch's number,
 # how long to keep the note (ms), 1 if the fetch is sent again. Moves up to that many
 # jobs, oldest first, and notes in `fetched` the fetcher, the fetch's number and how
@@ -100,6 +114,7 @@ return i
 # (Jobs that end leave the active list by LREM from its tail, where the oldest are.)
 BURY = (
     _EXPECT
+    + _TRIM
     + """
 expect(KEYS[2], 'zset')
 expect(KEYS[4], 'hash')
@@ -107,15 +122,20 @@ expect(KEYS[5], 'hash')
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
-for _, id in ipairs(old) do redis.call('HDEL', KEYS[3], id) end
-if #old > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
-  redis.call('HINCRBY', KEYS[4], 'dead_trimmed', #old)
-end
+local trimmed = trim(KEYS[2], KEYS[3], KEYS[4], ARGV[5])
 redis.call('HINCRBY', KEYS[4], 'dead', 1)
 redis.call('LREM', KEYS[1], -1, ARGV[1])
-return #old
+return trimmed
+"""
+)
+
+# KEYS: dead, dead data, stats. ARGV: trim entries that died before this time.
+# Trims the dead letters past their retention; returns how many. (A worker's
+# heartbeat runs it now and then: BURY trims too, but only when another job dies.)
+TRIM_DEAD = (
+    _TRIM
+    + """
+return trim(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 """
 )
 

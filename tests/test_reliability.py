@@ -502,6 +502,19 @@ def test_dead_letters_cli_lists_retries_and_purges(
     assert r.hlen(KEYS.dead_data("default")) == 0
 
 
+def test_dead_letters_past_their_retention_go_even_if_no_other_job_dies(
+    app: App, r: redis.Redis
+) -> None:
+    old, recent = tasks.boom.push("old"), tasks.boom.push("recent")
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    eight_days_ago = time.time() - 8 * 86_400  # the retention is 7 days
+    r.zadd(KEYS.dead("default"), {old.id: eight_days_ago})
+    taskq.Worker(app, burst=True, handle_signals=False).run()  # nothing to run
+    assert r.hkeys(KEYS.dead_data("default")) == [recent.id.encode()]
+    assert r.zrange(KEYS.dead("default"), 0, -1) == [recent.id.encode()]
+    assert app.broker.queue_info("default", 0.0)["dead_trimmed"] == 1
+
+
 def test_dead_letters_written_by_hand_are_listed_and_purged_not_a_traceback(
     app: App, r: redis.Redis
 ) -> None:

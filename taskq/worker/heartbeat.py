@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often a worker deletes the dead letters of its queues past their retention.
+TRIM_EVERY = 60.0
+
 
 class Heartbeat:
     def __init__(
@@ -55,6 +58,7 @@ class Heartbeat:
         )
         self._thread = threading.Thread(target=self._run, name="taskq-heartbeat", daemon=True)
         self._failing = False
+        self._trim_at = 0.0  # when to trim dead letters next (at once: see _trim_dead)
 
     def start(self) -> None:
         """Register (so this worker's jobs are never taken for a dead worker's), then
@@ -68,6 +72,7 @@ class Heartbeat:
                 self.worker_id, self.queues, self.info, ttl=self.settings.heartbeat_timeout
             )
             self.recoverer.sweep(self.queues)
+            self._trim_dead()
         except REDIS_ERRORS as exc:
             if not self._failing:
                 log.warning(
@@ -80,6 +85,17 @@ class Heartbeat:
         if self._failing:
             log.info("heartbeat back")
             self._failing = False
+
+    def _trim_dead(self) -> None:
+        """Delete dead letters past their retention, every TRIM_EVERY seconds."""
+        now = time.time()
+        if now < self._trim_at:
+            return
+        self._trim_at = now + TRIM_EVERY
+        for queue in self.queues:
+            trimmed = self._broker.trim_dead(queue, now - self.settings.dead_retention)
+            if trimmed:
+                log.info("deleted %d dead letter(s) of queue %r past retention", trimmed, queue)
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval):
