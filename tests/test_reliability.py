@@ -515,6 +515,27 @@ def test_dead_letters_past_their_retention_go_even_if_no_other_job_dies(
     assert app.broker.queue_info("default", 0.0)["dead_trimmed"] == 1
 
 
+def test_an_error_in_recovery_does_not_end_the_heartbeat(
+    app: App, r: redis.Redis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskq.worker.heartbeat import Heartbeat
+
+    heartbeat = Heartbeat(app, "w-beats", ("default",), 1)
+
+    def broken(queues: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(heartbeat.recoverer, "sweep", broken)
+    try:
+        for _ in range(2):
+            r.zrem(KEYS.workers("default"), "w-beats")
+            heartbeat.beat()  # raises nothing: its thread beats on
+            assert r.zscore(KEYS.workers("default"), "w-beats") is not None
+    finally:
+        heartbeat.stop()
+    assert caplog.text.count("the heartbeat goes on") == 2
+
+
 def test_dead_letters_written_by_hand_are_listed_and_purged_not_a_traceback(
     app: App, r: redis.Redis
 ) -> None:

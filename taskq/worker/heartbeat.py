@@ -82,6 +82,9 @@ class Heartbeat:
                 )
             self._failing = True
             return
+        except Exception:  # a bug in recovery must not end the lease: beat on
+            log.exception("recovering dead workers' jobs failed; the heartbeat goes on")
+            return
         if self._failing:
             log.info("heartbeat back")
             self._failing = False
@@ -103,5 +106,6 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         self._broker.close()
