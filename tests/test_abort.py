@@ -71,6 +71,8 @@ def test_running_async_job_is_cancelled_within_a_second(
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0, worker.log
     assert "0 put back" in worker.log
+    assert f"job {long.id} slow aborted after" in worker.log  # not logged as a failure
+    assert f"job {long.id} slow failed" not in worker.log
     assert r.hlen(KEYS.aborts("default")) == 0
     assert r.keys("taskq:{default}:active:*") == []
 

@@ -548,6 +548,8 @@ class JobRunner:
                 outcome.error,
                 max(0.0, outcome.due - time.time()),
             )
+        elif outcome.status == "aborted":
+            log.info("job %s %s aborted after %.2fs", payload.id, payload.task, elapsed)
         else:
             log.warning(
                 "job %s %s failed in %.2fs: %s", payload.id, payload.task, elapsed, outcome.error
