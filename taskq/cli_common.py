@@ -6,6 +6,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -51,9 +52,23 @@ def friendly_errors(fn: F) -> F:
             url = mask_url(
                 kwargs.get("redis_url") or os.environ.get("TASKQ_REDIS_URL") or Settings().redis_url
             )
-            raise click.ClickException(f"Redis at {url}: {exc}") from None
+            raise click.ClickException(f"Redis at {url}: {_short(str(exc))}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# redis-py names each sentinel it failed to ask by its client's whole repr (~700
+# characters of connection settings): the address says as much.
+_CLIENT_REPR = re.compile(r"<redis\.client\.Redis\(.*?\)>\)>\)>")
+_ADDRESS = re.compile(r"host=([^,]+),port=(\d+)")
+
+
+def _short(message: str) -> str:
+    def address(found: re.Match[str]) -> str:
+        where = _ADDRESS.search(found.group(0))
+        return f"sentinel {where.group(1)}:{where.group(2)}" if where else "a sentinel"
+
+    return _CLIENT_REPR.sub(address, message)
 
 
 def load_app(spec: str | None, redis_url: str | None) -> App:

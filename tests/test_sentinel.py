@@ -17,7 +17,7 @@ from taskq.keys import Keys
 
 from . import tasks
 from .helpers import start_worker, tasks_app_at, wait_event
-from .redis_server import RedisSentinel, running, wait_until
+from .redis_server import RedisSentinel, free_port, running, wait_until
 
 
 # -- the URL ---------------------------------------------------------------------------
@@ -89,6 +89,22 @@ def test_tls_options_reach_the_master_and_the_sentinels_connections() -> None:
 def test_both_passwords_of_a_sentinel_url_are_masked() -> None:
     masked = mask_url("redis+sentinel://u:secret@a,b/main?sentinel_password=other")
     assert masked == "redis+sentinel://u:***@a,b/main?sentinel_password=***"
+
+
+def test_no_sentinel_answering_is_one_short_line_naming_each() -> None:
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+
+    ports = [free_port(), free_port()]
+    url = f"redis+sentinel://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/mymaster"
+    out = CliRunner().invoke(main, ["info"], env={"TASKQ_REDIS_URL": url})
+    assert out.exit_code == 1
+    assert out.output.startswith(f"Error: Redis at {url}: No master found for 'mymaster'")
+    for port in ports:
+        assert f"sentinel 127.0.0.1:{port} - network:ConnectionError" in out.output
+    assert "ConnectionPool" not in out.output
+    assert len(out.output) < 400
 
 
 # -- a real sentinel -------------------------------------------------------------------
