@@ -7,14 +7,14 @@ Every key a script touches arrives in ``KEYS`` and belongs to one queue's hash t
 # A script stops at the first command Redis refuses, keeping what it wrote before: one
 # that takes a job out of one key and then puts it in another must first check that
 # the other is of the right type (a key overwritten by hand, say), or the job is lost.
-# Scripts that begin with this check with `expect(key, type)`, which refuses the
-# script before it writes anything unless the key is of that type or absent.
+# Scripts that begin with this check with `wrong(key, type)`, which gives the error to
+# return (before anything is written) unless the key is of that type or absent.
 _EXPECT = """
-local function expect(key, kind)
+local function wrong(key, kind)
   local t = redis.call('TYPE', key).ok
   if t ~= kind and t ~= 'none' then
-    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. kind ..
-                 ': nothing was changed'})
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. kind ..
+           ': nothing was changed'
   end
 end
 """
@@ -87,7 +87,8 @@ return n
 GIVE_BACK = (
     _EXPECT
     + """
-expect(KEYS[2], 'list')
+local bad = wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 local n = 0
 for i = 1, #ARGV do
   if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
@@ -116,9 +117,8 @@ BURY = (
     _EXPECT
     + _TRIM
     + """
-expect(KEYS[2], 'zset')
-expect(KEYS[4], 'hash')
-expect(KEYS[5], 'hash')
+local bad = wrong(KEYS[2], 'zset') or wrong(KEYS[4], 'hash') or wrong(KEYS[5], 'hash')
+if bad then return redis.error_reply(bad) end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
@@ -144,7 +144,12 @@ return trim(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 RETRY_LATER = (
     _EXPECT
     + """
-expect(KEYS[2], 'zset')
+local bad = wrong(KEYS[2], 'zset')
+if bad then return redis.error_reply(bad) end
+local due = tonumber(ARGV[2])  -- ZADD would refuse it after the LREM
+if not due or due ~= due or due == math.huge or due == -math.huge then
+  return redis.error_reply('ERR a retry is due at a finite time, not ' .. ARGV[2])
+end
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 end
@@ -158,7 +163,8 @@ return 1
 PROMOTE = (
     _EXPECT
     + """
-expect(KEYS[2], 'list')
+local bad = wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, raw in ipairs(due) do
   redis.call('ZREM', KEYS[1], raw)
@@ -179,11 +185,12 @@ return {#due, nxt[2] or false}
 RECOVER_ONE = (
     _EXPECT
     + """
-expect(KEYS[2], 'list')
-expect(KEYS[4], 'hash')
-expect(KEYS[5], 'zset')
-expect(KEYS[6], 'hash')
-expect(KEYS[7], 'hash')
+local bad = wrong(KEYS[2], 'list')
+  or wrong(KEYS[4], 'hash')
+  or wrong(KEYS[5], 'zset')
+  or wrong(KEYS[6], 'hash')
+  or wrong(KEYS[7], 'hash')
+if bad then return redis.error_reply(bad) end
 local beat = redis.call('ZSCORE', KEYS[3], ARGV[4])
 if beat and tonumber(beat) > tonumber(ARGV[5]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -231,7 +238,8 @@ return 1
 REVIVE = (
     _EXPECT
     + """
-expect(KEYS[3], 'list')
+local bad = wrong(KEYS[3], 'list')
+if bad then return redis.error_reply(bad) end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 if KEYS[4] then
   local holder = redis.call('GET', KEYS[4])
@@ -307,7 +315,8 @@ PUSH_UNIQUE = (
     + """
 local holder = redis.call('GET', KEYS[1])
 if holder then return holder end
-expect(KEYS[2], ARGV[3] == '' and 'list' or 'zset')
+local bad = wrong(KEYS[2], ARGV[3] == '' and 'list' or 'zset')
+if bad then return redis.error_reply(bad) end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[3] == '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])

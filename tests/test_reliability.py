@@ -392,6 +392,25 @@ def test_backoff_grows_with_jitter_and_a_cap() -> None:
     assert policy.delay(3, taskq.Retry(delay=0.5)) == 0.5
 
 
+def test_a_retry_never_due_is_refused_before_the_job_leaves_its_list(
+    app: App, r: redis.Redis
+) -> None:
+    # A delayed set refuses a NaN score, after the job left the active list: lost.
+    for delay in (-1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="zero or more seconds, finite"):
+            taskq.Retry(delay=delay)
+    for backoff, backoff_max in ((math.nan, 1.0), (1.0, math.inf), (2.0, 1.0)):
+        with pytest.raises(taskq.ConfigError, match="both finite"):
+            taskq.retry.RetryPolicy(retries=1, backoff=backoff, backoff_max=backoff_max)
+    payload, raw = tasks.add.payload((1, 2), {})
+    active = KEYS.active("default", "w1")
+    r.lpush(active, raw)
+    never = Outcome("scheduled", error="E", due=math.nan)
+    with pytest.raises(redis.ResponseError, match="due at a finite time, not nan"):
+        app.broker.apply(app.broker.writes.finish("default", "w1", raw, payload, never, None))
+    assert r.lrange(active, 0, -1) == [raw]
+
+
 def test_delayed_jobs_run_once_when_due_across_two_workers(app: App, r: redis.Redis) -> None:
     jobs = [tasks.incr.push(f"once:{i}", delay=0.5) for i in range(40)]
     assert {j.status() for j in jobs} == {"scheduled"}
