@@ -430,7 +430,7 @@ class Broker:
             return False
         removed = self._script(scripts.ABORT)(
             keys=[self.keys.queue(queue), self.keys.delayed(queue), self.keys.aborts(queue)],
-            args=[job_id, repr(time.time())],
+            args=[job_id, repr(time.time()), dumps(job_id)[1:-1], json.dumps(job_id)[1:-1]],
         )
         if removed:
             self.apply(self.writes.aborted(queue, job_id, key))

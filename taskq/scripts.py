@@ -343,13 +343,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: queue, delayed, aborts. ARGV: job id, now. Removes a waiting job (queued or
-# delayed) and returns 1; otherwise records the abort for the worker that has the
+# KEYS: queue, delayed, aborts. ARGV: job id, now, the id as JSON writes it inside
+# quotes, and with every non-ASCII character escaped. Removes a waiting job (queued
+# or delayed) and returns 1; otherwise records the abort for the worker that has the
 # job and returns 0. Scans the queue: an admin operation, linear in the queue's
 # length. A payload is the job only if its own id is the id (not an argument's).
 ABORT = """
 local function is_the_job(raw)
-  if not string.find(raw, ARGV[1], 1, true) then return false end
+  if not (string.find(raw, ARGV[3], 1, true) or string.find(raw, ARGV[4], 1, true)) then
+    return false
+  end
   local ok, job = pcall(cjson.decode, raw)
   return ok and type(job) == 'table' and job.id == ARGV[1]
 end

@@ -55,6 +55,13 @@ def test_abort_removes_the_job_with_that_id_not_one_naming_it_in_its_arguments(
     waiting: list[bytes] = r.zrange(KEYS.delayed("default"), 0, -1)  # type: ignore[assignment]
     assert [json.loads(d)["id"] for d in waiting] == [delayed_mention.id]
     assert (mentions.status(), delayed_mention.status()) == ("queued", "scheduled")
+    # An id that JSON escapes (a quote, a backslash; non-ASCII, escaped or not).
+    for odd, ascii_only in (('a"b\\c', False), ("café", False), ("café", True)):
+        r.hset(KEYS.job(odd), mapping={"status": "queued", "queue": "default"})
+        pushed = json.dumps({"id": odd, "task": "record", "args": [1]}, ensure_ascii=ascii_only)
+        r.lpush(KEYS.queue("default"), pushed)
+        assert app.job(odd).abort() is True
+        assert r.llen(KEYS.queue("default")) == 1, odd
 
 
 def test_running_async_job_is_cancelled_within_a_second(
