@@ -619,13 +619,15 @@ class Broker:
             keys=[active, self.keys.queue(queue), self.keys.fetched(queue, worker)]
         )
         ids = [i for i in (peek_id(r) for r in raws[:moved]) if i is not None]
-        self._note(ids, 0, {"status": "queued", "worker": ""})
+        self._note(ids, worker, 0, {"status": "queued", "worker": ""})
         return ids
 
-    def _note(self, job_ids: Sequence[str], stalls: int, fields: dict[str, str]) -> None:
-        """Note jobs put back on their queue in their records: see
+    def _note(
+        self, job_ids: Sequence[str], worker: str, stalls: int, fields: dict[str, str]
+    ) -> None:
+        """Note jobs of ``worker`` put back on their queue in their records: see
         scripts.NOTE_UNLESS_ENDED."""
-        args = [stalls, *(x for pair in fields.items() for x in pair)]
+        args = [stalls, worker, *(x for pair in fields.items() for x in pair)]
         calls = [(scripts.NOTE_UNLESS_ENDED, [self.keys.job(i)], args) for i in job_ids]
         if calls:
             self.apply(Writes(scripts=calls))
@@ -723,11 +725,11 @@ class Broker:
             )
         )
 
-    def note_stall(self, job_id: str, status: str, error: str | None = None) -> None:
+    def note_stall(self, job_id: str, worker: str, status: str, error: str | None = None) -> None:
         fields = {"status": status, "worker": ""}
         if error is not None:
             fields.update(error=error, finished_at=repr(time.time()))
-        self._note([job_id], 1, fields)
+        self._note([job_id], worker, 1, fields)
 
     # -- dead letters ----------------------------------------------------------------
     def dead_letters(self, queue: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -208,15 +208,20 @@ return 1
 """
 )
 
-# KEYS: a job's record. ARGV: how many stalls to add to it, then field, value pairs.
-# Adds the stalls and sets the fields unless the job has ended (done, failed or
-# aborted): one put back on its queue, by a worker stopping or by recovery, may have
-# been run to its end by another worker before this note of it.
+# KEYS: a job's record. ARGV: how many stalls to add to it, the worker W whose job it
+# was, then field, value pairs. Adds the stalls and sets the fields unless another
+# worker ended the job (done, failed or aborted): one put back on its queue, by W
+# stopping or by recovery of W, may have been run to its end by another worker before
+# this note of it. (Ended by W itself, it is back on its queue all the same: the end's
+# record was stored, taking it out of W's list was refused.)
 NOTE_UNLESS_ENDED = """
 if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'stalls', ARGV[1]) end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'done' or status == 'failed' or status == 'aborted' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if (status == 'done' or status == 'failed' or status == 'aborted')
+    and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 

@@ -141,13 +141,15 @@ def test_a_job_put_back_and_run_to_its_end_meanwhile_stays_ended(app: App, r: re
     raws = r.lrange(KEYS.queue("default"), 0, -1)
     r.delete(KEYS.queue("default"))
     r.lpush(KEYS.active("default", "w1"), *raws)
-    r.hset(KEYS.job(jobs[0].id), mapping={"status": "done", "result": "0"})
+    r.hset(KEYS.job(jobs[0].id), mapping={"status": "done", "result": "0", "worker": "w2"})
     r.hset(KEYS.job(jobs[1].id), mapping={"status": "active", "worker": "w1"})
+    # Ended by w1 itself, but still in its list (taking it out was refused): it runs again.
+    r.hset(KEYS.job(jobs[2].id), mapping={"status": "failed", "worker": "w1"})
     assert sorted(app.broker.put_back("default", "w1")) == sorted(j.id for j in jobs)
     assert [j.status() for j in jobs] == ["done", "queued", "queued"]
     assert r.hget(KEYS.job(jobs[1].id), "worker") == b""
-    app.broker.note_stall(jobs[0].id, "queued")
-    app.broker.note_stall(jobs[2].id, "failed", error="PoisonJob: x")
+    app.broker.note_stall(jobs[0].id, "w1", "queued")
+    app.broker.note_stall(jobs[2].id, "w1", "failed", error="PoisonJob: x")
     assert [j.status() for j in jobs] == ["done", "queued", "failed"]
     assert [r.hget(KEYS.job(j.id), "stalls") for j in jobs] == [b"1", None, b"1"]
     assert jobs[0].result(timeout=1) == 0

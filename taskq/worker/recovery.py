@@ -100,11 +100,11 @@ class Recoverer:
         if outcome == REQUEUED:
             self.recovered += 1
             log.warning("job %s of dead worker %s put back on queue %r", job_id, worker, queue)
-            self.broker.note_stall(job_id, "queued")
+            self.broker.note_stall(job_id, worker, "queued")
         elif outcome == DEAD:
             self.poisoned += 1
             log.error("job %s %s: dead-lettered", job_id, reason)
-            self.broker.note_stall(job_id, "failed", error=f"PoisonJob: {reason}")
+            self.broker.note_stall(job_id, worker, "failed", error=f"PoisonJob: {reason}")
             if payload is not None and payload.key:
                 self.broker.apply(Writes(scripts=[self.broker.writes.release_key(queue, payload)]))
         return outcome
