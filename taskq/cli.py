@@ -332,9 +332,9 @@ def _wait_and_report(jobs: list[Job[Any]], timeout: float | None) -> int:
         record = records[job.id]
         if record.status == "done":
             click.echo(f"{job.id} done: {json.dumps(record.result)}", err=True)
-        elif record.status == "failed":
+        elif record.status in ("failed", "aborted"):
             failed += 1
-            click.echo(f"{job.id} failed: {record.error}", err=True)
+            click.echo(f"{job.id} {record.status}: {record.error}", err=True)
         else:
             failed += 1
             click.echo(f"{job.id} not finished: {record.status}", err=True)

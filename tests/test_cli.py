@@ -261,6 +261,17 @@ def test_push_wait_timeout_without_a_worker(worker_env: dict[str, str]) -> None:
     assert out.stderr.count("not finished: queued") == 2
 
 
+def test_push_wait_reports_an_aborted_job_as_ended(
+    app: App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taskq.cli import _wait_and_report
+
+    job = tasks.add.push(1, 1)
+    assert job.abort()
+    assert _wait_and_report([job], 1) == 1
+    assert capsys.readouterr().err == f"{job.id} aborted: Aborted before it ran\n"
+
+
 # -- info --------------------------------------------------------------------------------
 COUNTS = ("queued", "in_progress", "done", "failed", "dead")
 
