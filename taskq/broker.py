@@ -640,6 +640,8 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             pipe.zadd(self.keys.workers(q), {worker: now})
+            if "concurrency" in info:
+                pipe.hset(self.keys.slots(q), worker, info["concurrency"])
         pipe.hset(self.keys.worker(worker), mapping=info)
         pipe.pexpire(self.keys.worker(worker), int(ttl * 1000))
         pipe.sadd(self.keys.queues(), *queues)  # last: it alone may be refused
@@ -659,6 +661,7 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             pipe.zrem(self.keys.workers(q), worker)
+            pipe.hdel(self.keys.slots(q), worker)
         pipe.delete(self.keys.worker(worker))
         pipe.execute()
 
@@ -671,6 +674,19 @@ class Broker:
         worker's own heartbeat timeout (see :meth:`heartbeat`), so it is alive by
         its own account."""
         return bool(self.client.exists(self.keys.worker(worker)))
+
+    def worker_slots(self, queue: str, worker: str) -> int | None:
+        """How many jobs the worker runs at once, as its heartbeat said; None if
+        unknown."""
+        found = text(self.client.hget(self.keys.slots(queue), worker))
+        return int(found) if found and found.isdigit() else None
+
+    def run_by(self, job_ids: Sequence[str]) -> list[str | None]:
+        """For each job, the worker its record says runs it ("active"), or None."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), ["status", "worker"])
+        return [text(w) if s == b"active" else None for s, w in pipe.execute()]
 
     def active_jobs(self, queue: str, worker: str, limit: int = 100) -> list[bytes]:
         """The oldest jobs in a worker's active list (the end it took first)."""
@@ -685,10 +701,13 @@ class Broker:
         dead_before: float,
         entry: dict[str, Any],
         retry_raw: bytes,
+        ran: bool = True,
     ) -> int:
-        """Requeue (1) or dead-letter (2) one job of a dead worker; see RECOVER_ONE.
+        """Requeue (1 or 3) or dead-letter (2) one job of a dead worker; see
+        RECOVER_ONE.
 
-        ``retry_raw`` is the job as it runs next (one attempt along)."""
+        ``retry_raw`` is the job as it runs next (one attempt along); ``ran``
+        whether it may have been running when its worker died."""
         k = self.keys
         result: int = self._recover_one(
             keys=[
@@ -709,6 +728,7 @@ class Broker:
                 dumps(entry),
                 repr(entry["died_at"]),
                 retry_raw,
+                int(ran),
             ],
         )
         return result
@@ -720,6 +740,7 @@ class Broker:
                     self.keys.active(queue, worker),
                     self.keys.workers(queue),
                     self.keys.fetched(queue, worker),
+                    self.keys.slots(queue),
                 ],
                 args=[worker, repr(dead_before)],
             )
