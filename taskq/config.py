@@ -46,6 +46,11 @@ def check_queue_name(name: str) -> str:
     return name
 
 
+#: The longest a time setting may be (100 years): past about that, the key expiries
+#: taskq asks of Redis overflow its range and every write carrying one is refused.
+MAX_SECONDS = 100 * 365 * 86_400
+
+
 @dataclass(frozen=True)
 class Settings:
     """How an app connects and how its workers behave."""
@@ -74,15 +79,18 @@ class Settings:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.grace < 0:
             raise ConfigError(f"grace must be zero or more seconds, not {self.grace}")
-        if self.result_ttl < 1:
-            raise ConfigError(f"result_ttl must be at least 1 second, not {self.result_ttl}")
+        if not 1 <= self.result_ttl <= MAX_SECONDS:  # Redis refuses an EXPIRE past its range
+            raise ConfigError(
+                f"result_ttl must be 1 to {MAX_SECONDS} seconds (100 years), not {self.result_ttl}"
+            )
         if self.dead_retention < 1:
             raise ConfigError(
                 f"dead_retention must be at least 1 second, not {self.dead_retention}"
             )
-        if self.heartbeat_timeout < 0.5:
+        if not 0.5 <= self.heartbeat_timeout <= MAX_SECONDS:
             raise ConfigError(
-                f"heartbeat_timeout must be at least 0.5 seconds, not {self.heartbeat_timeout}"
+                f"heartbeat_timeout must be 0.5 to {MAX_SECONDS} seconds, "
+                f"not {self.heartbeat_timeout}"
             )
 
     @property

@@ -106,9 +106,12 @@ def test_a_bad_number_raises_config_error_naming_the_variable(var: str, value: s
         ({"TASKQ_CONCURRENCY": "0"}, "concurrency must be at least 1"),
         ({"TASKQ_CONCURRENCY": "-3"}, "concurrency must be at least 1"),
         ({"TASKQ_GRACE": "-1"}, "grace must be zero or more"),
-        ({"TASKQ_RESULT_TTL": "0"}, "result_ttl must be at least 1"),
+        ({"TASKQ_RESULT_TTL": "0"}, "result_ttl must be 1 to 3153600000 seconds"),
+        # An expiry past Redis's range: every job's outcome write would be refused.
+        ({"TASKQ_RESULT_TTL": "10000000000000000000"}, "result_ttl must be 1 to"),
         ({"TASKQ_DEAD_RETENTION": "0"}, "dead_retention must be at least 1"),
-        ({"TASKQ_HEARTBEAT_TIMEOUT": "0.1"}, "heartbeat_timeout must be at least"),
+        ({"TASKQ_HEARTBEAT_TIMEOUT": "0.1"}, "heartbeat_timeout must be 0.5 to"),
+        ({"TASKQ_HEARTBEAT_TIMEOUT": "1e300"}, "heartbeat_timeout must be 0.5 to"),
         ({"TASKQ_QUEUES": ","}, "at least one queue"),
     ],
 )
