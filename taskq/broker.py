@@ -48,6 +48,8 @@ PROMOTE_BATCH = 1000
 #: How long the note of a worker's last fetch is kept (milliseconds): it only serves a
 #: fetch sent again after a lost reply, and is deleted with the worker's active list.
 FETCHED_MS = 86_400_000
+#: How often a worker's heartbeat notes its concurrency again (see Broker.heartbeat).
+SLOTS_EVERY = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class Broker:
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
         self._unblock_refused = False
         self._unlisted = False  # warned that the set of queue names is not a set
+        self._slots_due: dict[str, float] = {}  # worker -> when to note its slots again
         # Fetches are numbered, under a name of this broker's own (see FETCH_MANY).
         self._fetcher = secrets.token_hex(4)
         self._fetches = 0
@@ -638,9 +641,12 @@ class Broker:
     ) -> None:
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
+        # A worker's concurrency (for recovery: see taskq.worker.recovery) goes with
+        # its first beat, then once a minute in case the hash was deleted by hand.
+        slots = "concurrency" in info and now >= self._slots_due.get(worker, 0.0)
         for q in queues:
             pipe.zadd(self.keys.workers(q), {worker: now})
-            if "concurrency" in info:
+            if slots:
                 pipe.hset(self.keys.slots(q), worker, info["concurrency"])
         pipe.hset(self.keys.worker(worker), mapping=info)
         pipe.pexpire(self.keys.worker(worker), int(ttl * 1000))
@@ -649,6 +655,8 @@ class Broker:
         unlisted = isinstance(replies[-1], redis.ResponseError)  # the one refusal let by
         for error in reply_errors(replies[:-1] if unlisted else replies):
             raise error
+        if slots:
+            self._slots_due[worker] = now + SLOTS_EVERY
         if unlisted and not self._unlisted:
             self._unlisted = True
             log.warning(

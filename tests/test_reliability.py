@@ -208,6 +208,20 @@ def test_jobs_a_dead_worker_took_ahead_and_never_started_count_no_stall(
     assert r.llen(KEYS.queue("default")) == 3
 
 
+def test_a_heartbeat_notes_the_workers_concurrency_first_then_once_a_minute(
+    app: App, r: redis.Redis
+) -> None:
+    broker, info = app.broker, {"concurrency": "7"}
+    broker.heartbeat("w1", ["default", "low"], info, ttl=15)
+    assert [r.hget(KEYS.slots(q), "w1") for q in ("default", "low")] == [b"7", b"7"]
+    r.delete(KEYS.slots("default"))
+    broker.heartbeat("w1", ["default", "low"], info, ttl=15)  # one command less a beat
+    assert r.hget(KEYS.slots("default"), "w1") is None
+    assert broker.worker_slots("low", "w1") == 7
+    broker.unregister("w1", ["default", "low"])
+    assert r.exists(KEYS.slots("low")) == 0
+
+
 def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:
     raw = tasks.add.payload((1, 2), {})[1]
     r.lpush(KEYS.active("default", "slowpoke"), raw)
