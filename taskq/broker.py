@@ -48,8 +48,6 @@ PROMOTE_BATCH = 1000
 #: How long the note of a worker's last fetch is kept (milliseconds): it only serves a
 #: fetch sent again after a lost reply, and is deleted with the worker's active list.
 FETCHED_MS = 86_400_000
-#: How often a worker's heartbeat notes its concurrency again (see Broker.heartbeat).
-SLOTS_EVERY = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +196,6 @@ class Broker:
         self._waiters: dict[str, Any] = {}  # queue -> its connection (fetch_blocking_any)
         self._unblock_refused = False
         self._unlisted = False  # warned that the set of queue names is not a set
-        self._slots_due: dict[str, float] = {}  # worker -> when to note its slots again
         # Fetches are numbered, under a name of this broker's own (see FETCH_MANY).
         self._fetcher = secrets.token_hex(4)
         self._fetches = 0
@@ -641,13 +638,8 @@ class Broker:
     ) -> None:
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        # A worker's concurrency (for recovery: see taskq.worker.recovery) goes with
-        # its first beat, then once a minute in case the hash was deleted by hand.
-        slots = "concurrency" in info and now >= self._slots_due.get(worker, 0.0)
         for q in queues:
             pipe.zadd(self.keys.workers(q), {worker: now})
-            if slots:
-                pipe.hset(self.keys.slots(q), worker, info["concurrency"])
         pipe.hset(self.keys.worker(worker), mapping=info)
         pipe.pexpire(self.keys.worker(worker), int(ttl * 1000))
         pipe.sadd(self.keys.queues(), *queues)  # last: it alone may be refused
@@ -655,8 +647,6 @@ class Broker:
         unlisted = isinstance(replies[-1], redis.ResponseError)  # the one refusal let by
         for error in reply_errors(replies[:-1] if unlisted else replies):
             raise error
-        if slots:
-            self._slots_due[worker] = now + SLOTS_EVERY
         if unlisted and not self._unlisted:
             self._unlisted = True
             log.warning(
@@ -669,7 +659,6 @@ class Broker:
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             pipe.zrem(self.keys.workers(q), worker)
-            pipe.hdel(self.keys.slots(q), worker)
         pipe.delete(self.keys.worker(worker))
         pipe.execute()
 
@@ -682,19 +671,6 @@ class Broker:
         worker's own heartbeat timeout (see :meth:`heartbeat`), so it is alive by
         its own account."""
         return bool(self.client.exists(self.keys.worker(worker)))
-
-    def worker_slots(self, queue: str, worker: str) -> int | None:
-        """How many jobs the worker runs at once, as its heartbeat said; None if
-        unknown."""
-        found = text(self.client.hget(self.keys.slots(queue), worker))
-        return int(found) if found and found.isdigit() else None
-
-    def run_by(self, job_ids: Sequence[str]) -> list[str | None]:
-        """For each job, the worker its record says runs it ("active"), or None."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), ["status", "worker"])
-        return [text(w) if s == b"active" else None for s, w in pipe.execute()]
 
     def active_jobs(self, queue: str, worker: str, limit: int = 100) -> list[bytes]:
         """The oldest jobs in a worker's active list (the end it took first)."""
@@ -709,13 +685,10 @@ class Broker:
         dead_before: float,
         entry: dict[str, Any],
         retry_raw: bytes,
-        ran: bool = True,
     ) -> int:
-        """Requeue (1 or 3) or dead-letter (2) one job of a dead worker; see
-        RECOVER_ONE.
+        """Requeue (1) or dead-letter (2) one job of a dead worker; see RECOVER_ONE.
 
-        ``retry_raw`` is the job as it runs next (one attempt along); ``ran``
-        whether it may have been running when its worker died."""
+        ``retry_raw`` is the job as it runs next (one attempt along)."""
         k = self.keys
         result: int = self._recover_one(
             keys=[
@@ -736,7 +709,6 @@ class Broker:
                 dumps(entry),
                 repr(entry["died_at"]),
                 retry_raw,
-                int(ran),
             ],
         )
         return result
@@ -748,7 +720,6 @@ class Broker:
                     self.keys.active(queue, worker),
                     self.keys.workers(queue),
                     self.keys.fetched(queue, worker),
-                    self.keys.slots(queue),
                 ],
                 args=[worker, repr(dead_before)],
             )

@@ -77,10 +77,6 @@ class Keys:
     def stalls(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:stalls"
 
-    def slots(self, q: str) -> str:
-        """Each live or dead worker's concurrency (see :mod:`taskq.worker.recovery`)."""
-        return f"{self.prefix}:{{{q}}}:slots"
-
     def unique(self, q: str, key: str) -> str:
         return f"{self.prefix}:{{{q}}}:unique:{key}"
 

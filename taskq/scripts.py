@@ -177,12 +177,11 @@ return {#due, nxt[2] or false}
 
 # KEYS: active of a dead worker W, queue, workers, stalls, dead, dead data, stats.
 # ARGV: raw job, job id, max stalls, W, W is dead if its heartbeat is older than this,
-# dead-letter entry JSON, now, the job as it runs next (one attempt along), 1 if it
-# may have been running when W died (else 0: taken ahead, it never started). Recovers
+# dead-letter entry JSON, now, the job as it runs next (one attempt along). Recovers
 # one job of a dead worker: back to the front of the queue, or to the dead letters
-# once it has stalled (died with its worker while running) more than max stalls.
+# once it has stalled more than max stalls.
 # Returns -1 if W came back to life, 0 if another worker recovered the job first,
-# 1 if requeued, 2 if dead-lettered, 3 if requeued as it was (it never started).
+# 1 if requeued, 2 if dead-lettered.
 RECOVER_ONE = (
     _EXPECT
     + """
@@ -195,10 +194,6 @@ if bad then return redis.error_reply(bad) end
 local beat = redis.call('ZSCORE', KEYS[3], ARGV[4])
 if beat and tonumber(beat) > tonumber(ARGV[5]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if ARGV[9] == '0' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  return 3
-end
 local n = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[7], 'stalled', 1)
 if n > tonumber(ARGV[3]) then
@@ -230,16 +225,14 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 
-# KEYS: active of W, workers, fetched of W, slots. ARGV: W, dead-before. Forgets a
-# dead worker whose active list is empty, the note of its last fetch and its
-# concurrency.
+# KEYS: active of W, workers, fetched of W. ARGV: W, dead-before. Forgets a dead
+# worker whose active list is empty, and the note of its last fetch.
 FORGET_WORKER = """
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if beat and tonumber(beat) > tonumber(ARGV[2]) then return 0 end
 if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
 

@@ -26,7 +26,6 @@ from taskq.writes import Outcome
 from . import tasks
 from .helpers import (
     LossyProxy,
-    as_text,
     start_worker,
     tasks_app_at,
     until_blocked,
@@ -171,55 +170,6 @@ def test_a_worker_is_judged_dead_by_its_own_heartbeat_timeout_too(app: App, r: r
     r.delete(KEYS.worker("patient"))  # as once its own 30 s have passed
     assert hasty.sweep(["default"]) == 1
     assert r.llen(KEYS.queue("default")) == 1
-
-
-def test_jobs_a_dead_worker_took_ahead_and_never_started_count_no_stall(
-    app: App, r: redis.Redis
-) -> None:
-    # It ran 2 at once: its 2 oldest jobs, and any its record says was running
-    # there, may have killed it. The rest were taken ahead: a poison job must not
-    # take them to the dead letters with it.
-    jobs = [tasks.suicide.payload((), {}) for _ in range(5)]  # max_stalls=1
-    oldest_first = [raw for _, raw in jobs]
-    r.lpush(KEYS.active("default", "ghost"), *oldest_first)  # the head is the newest
-    r.zadd(KEYS.workers("default"), {"ghost": 0})
-    r.hset(KEYS.slots("default"), "ghost", 2)
-    r.hset(KEYS.job(jobs[3][0].id), mapping={"status": "active", "worker": "ghost"})
-    r.hset(KEYS.job(jobs[4][0].id), mapping={"status": "active", "worker": "other"})
-    rec = Recoverer(app, app.broker, 1, "me")
-    assert rec.sweep(["default"]) == 5
-    requeued = {
-        json.loads(raw)["id"]: json.loads(raw) for raw in r.lrange(KEYS.queue("default"), 0, -1)
-    }
-    attempts = [requeued[p.id].get("attempts", 0) for p, _ in jobs]
-    assert attempts == [1, 1, 0, 1, 0]
-    stalls = [r.hget(KEYS.stalls("default"), p.id) for p, _ in jobs]
-    assert stalls == [b"1", b"1", None, b"1", None]
-    assert r.hexists(KEYS.slots("default"), "ghost") is False  # forgotten with it
-    # Killed again with the same jobs: only those that may have run are dead-lettered.
-    r.delete(KEYS.queue("default"))
-    r.lpush(KEYS.active("default", "ghost2"), *oldest_first)
-    r.zadd(KEYS.workers("default"), {"ghost2": 0})
-    r.hset(KEYS.slots("default"), "ghost2", 2)
-    assert rec.sweep(["default"]) == 5
-    assert sorted(as_text(i) for i in r.hkeys(KEYS.dead_data("default"))) == sorted(
-        p.id for p, _ in jobs[:2]
-    )
-    assert r.llen(KEYS.queue("default")) == 3
-
-
-def test_a_heartbeat_notes_the_workers_concurrency_first_then_once_a_minute(
-    app: App, r: redis.Redis
-) -> None:
-    broker, info = app.broker, {"concurrency": "7"}
-    broker.heartbeat("w1", ["default", "low"], info, ttl=15)
-    assert [r.hget(KEYS.slots(q), "w1") for q in ("default", "low")] == [b"7", b"7"]
-    r.delete(KEYS.slots("default"))
-    broker.heartbeat("w1", ["default", "low"], info, ttl=15)  # one command less a beat
-    assert r.hget(KEYS.slots("default"), "w1") is None
-    assert broker.worker_slots("low", "w1") == 7
-    broker.unregister("w1", ["default", "low"])
-    assert r.exists(KEYS.slots("low")) == 0
 
 
 def test_live_worker_keeps_its_jobs(app: App, r: redis.Redis) -> None:

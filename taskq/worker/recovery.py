@@ -3,17 +3,11 @@
 A worker is dead once its heartbeat in ``taskq:{Q}:workers`` is older than the
 heartbeat timeout and its own heartbeat timeout has passed too (its description in
 ``taskq:worker:ID`` expires then): workers given different timeouts do not judge
-one another by their own. Until then its jobs are its own however long they run.
-Each of a dead worker's jobs is moved atomically (one Lua call per job, which also
-re-checks that the worker is still dead), so two workers sweeping at once never
-requeue a job twice.
-
-A job that may have been running when its worker died counts a stall (and an
-attempt); past ``max_stalls`` it is a poison job and goes to the dead letters instead
-of killing another worker. Those are the oldest jobs of the worker's list, as many as
-it ran at once (``taskq:{Q}:slots``, kept by its heartbeat), and any its record says
-was running there. The others were taken ahead and never started: they go back as
-they were, or a poison job would take with it every job taken ahead with it.
+one another by their own. Until then its jobs are its own however long they run. Each of a
+dead worker's jobs is moved atomically (one Lua call per job, which also re-checks
+that the worker is still dead), so two workers sweeping at once never requeue a job
+twice. Each recovery counts a stall; past ``max_stalls`` the job is a poison job and
+goes to the dead letters instead of killing another worker.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..app import App
 from ..broker import Broker, stall_key
-from ..payload import BadPayload, decode, peek_id
+from ..payload import BadPayload, decode
 from ..writes import Writes, dead_entry
 
 if TYPE_CHECKING:
@@ -33,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REQUEUED, DEAD, NOT_STARTED = 1, 2, 3
+REQUEUED, DEAD = 1, 2
 
 
 class Recoverer:
@@ -65,16 +59,12 @@ class Recoverer:
 
     def _recover_worker(self, queue: str, worker: str, dead_before: float) -> int:
         count = 0
-        slots = self.broker.worker_slots(queue, worker)
-        seen = 0  # of its jobs, oldest first
         while True:
             raws = self.broker.active_jobs(queue, worker)
             if not raws:
                 break
-            ran = self._may_have_run(worker, raws, seen, slots)
-            seen += len(raws)
-            for raw, running in zip(raws, ran, strict=True):
-                outcome = self._recover_job(queue, worker, raw, dead_before, running)
+            for raw in raws:
+                outcome = self._recover_job(queue, worker, raw, dead_before)
                 if outcome < 0:
                     log.info("worker %s is alive again: leaving its jobs alone", worker)
                     return count
@@ -83,23 +73,7 @@ class Recoverer:
             log.info("forgot dead worker %s of queue %r", worker, queue)
         return count
 
-    def _may_have_run(
-        self, worker: str, raws: list[bytes], seen: int, slots: int | None
-    ) -> list[bool]:
-        """For each of a dead worker's jobs (oldest first, after ``seen`` older ones),
-        whether it may have been running when the worker died: see the module's doc.
-        Unknown slots (a worker from before they were kept): every job."""
-        if slots is None:
-            return [True] * len(raws)
-        ran = [seen + i < slots for i in range(len(raws))]
-        later = {i: job_id for i in range(len(raws)) if not ran[i] if (job_id := peek_id(raws[i]))}
-        for i, by in zip(later, self.broker.run_by(list(later.values())), strict=True):
-            ran[i] = by == worker
-        return ran
-
-    def _recover_job(
-        self, queue: str, worker: str, raw: bytes, dead_before: float, ran: bool = True
-    ) -> int:
+    def _recover_job(self, queue: str, worker: str, raw: bytes, dead_before: float) -> int:
         job_id = stall_key(raw)
         task_name = None
         max_stalls = 1
@@ -108,8 +82,7 @@ class Recoverer:
         try:
             payload, _ = decode(raw)
             task_name = payload.task
-            if ran:
-                retry_raw = payload.next_attempt().encode()
+            retry_raw = payload.next_attempt().encode()
             task = self.app.tasks.get(task_name)
             if task is not None:
                 max_stalls = task.max_stalls
@@ -120,7 +93,7 @@ class Recoverer:
             queue, raw, reason, job_id=job_id, task=task_name, error=f"PoisonJob: {reason}"
         )
         outcome = self.broker.recover_one(
-            queue, worker, raw, max_stalls, dead_before, entry, retry_raw, ran
+            queue, worker, raw, max_stalls, dead_before, entry, retry_raw
         )
         if self.metrics and outcome in (REQUEUED, DEAD):
             self.metrics.count(task_name or "", "stalled" if outcome == REQUEUED else "dead")
@@ -128,14 +101,6 @@ class Recoverer:
             self.recovered += 1
             log.warning("job %s of dead worker %s put back on queue %r", job_id, worker, queue)
             self.broker.note_stall(job_id, worker, "queued")
-        elif outcome == NOT_STARTED:
-            self.recovered += 1
-            log.info(
-                "job %s of dead worker %s (taken ahead, never started) put back on queue %r",
-                job_id,
-                worker,
-                queue,
-            )
         elif outcome == DEAD:
             self.poisoned += 1
             log.error("job %s %s: dead-lettered", job_id, reason)
