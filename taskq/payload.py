@@ -118,9 +118,10 @@ class Payload:
                     **({"recorded": True} if self.recorded else {}),
                 }
             ).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
             raise TypeError(
-                f"arguments of task {self.task!r} must be JSON-serialisable: {exc}"
+                f"arguments of task {self.task!r} must be JSON-serialisable: {problem}"
             ) from None
         if len(data) > MAX_PAYLOAD_BYTES:
             raise ValueError(

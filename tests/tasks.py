@@ -73,6 +73,24 @@ async def unserialisable() -> Any:
 
 
 @app.task
+def nested_too_deeply(depth: int) -> Any:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@app.task
+async def raises_unprintable() -> None:
+    raise Unprintable
+
+
+@app.task
 async def where() -> dict[str, Any]:
     """The thread the job runs in, and its event loop's package ("uvloop", "asyncio")."""
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]

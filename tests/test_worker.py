@@ -204,11 +204,23 @@ def test_unknown_task_fails_naming_it_and_listing_registered_tasks(
 
 def test_non_serialisable_return_fails_the_job_only(app: App) -> None:
     bad = tasks.unserialisable.push()
+    deep = tasks.nested_too_deeply.push(5000)
+    unprintable = tasks.raises_unprintable.push()
     good = tasks.add.push(2, 2)
-    burst(app)
+    stats = burst(app)
+    assert (stats.failed, stats.done, stats.put_back) == (3, 1, 0)  # none left to run again
     with pytest.raises(JobFailed, match="not JSON-serialisable"):
         bad.result(timeout=5)
+    with pytest.raises(JobFailed, match="not JSON-serialisable: nested too deeply"):
+        deep.result(timeout=5)
+    with pytest.raises(JobFailed, match=r"Unprintable: \(its message could not be read\)"):
+        unprintable.result(timeout=5)
     assert good.result(timeout=5) == 4
+    deeply: list[Any] = []
+    for _ in range(5000):
+        deeply = [deeply]
+    with pytest.raises(TypeError, match="must be JSON-serialisable: nested too deeply"):
+        tasks.record.push(deeply)
 
 
 def test_wrong_arguments_in_queue_fail_the_job(app: App, r: redis.Redis) -> None:

@@ -482,11 +482,12 @@ class JobRunner:
                 self._untwin(payload.id, me, held)
         try:
             return _DONE_NONE if value is None else Outcome("done", result=dumps(value))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
             return Outcome(
                 "failed",
                 error=f"TypeError: the return value of task {task.name!r} "
-                f"is not JSON-serialisable: {exc}",
+                f"is not JSON-serialisable: {problem}",
             )
 
     def _untwin(self, job_id: str, me: asyncio.Task[Any], held: asyncio.Task[Any]) -> None:
@@ -503,7 +504,10 @@ class JobRunner:
 
     def _failure(self, task: Task[Any, Any], exc: BaseException, attempt: int) -> Outcome:
         error = _describe(exc)
-        tb = traceback.format_exc()
+        try:
+            tb = traceback.format_exc()
+        except Exception as unprintable:  # an exception whose __str__ raises, say
+            tb = f"(the traceback could not be formatted: {_describe(unprintable)})"
         if task.retry.should_retry(exc, attempt):
             due = time.time() + task.retry.delay(attempt, exc)
             return Outcome("scheduled", error=error, traceback=tb, due=due)
@@ -557,5 +561,8 @@ class JobRunner:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # its __str__ raises: the job fails all the same
+        text = "(its message could not be read)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
