@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ov
 
 from .abroker import AsyncBroker
 from .broker import Broker
-from .config import ConfigError, Settings, check_queue_name
+from .config import MAX_SECONDS, ConfigError, Settings, check_queue_name
 from .connection import connect, connect_async
 from .job import Job
 from .payload import Payload
@@ -50,6 +50,8 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
     if not math.isfinite(due):  # infinity would hold the job back for ever
         shown = delay if at is None else at
         raise ValueError(f"the job's due time must be finite, not {shown!r}")
+    if due - time.time() > MAX_SECONDS:
+        raise ValueError("the job's due time must be at most 100 years ahead")
     return due if due > time.time() else None
 
 

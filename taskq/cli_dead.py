@@ -29,7 +29,10 @@ def _queues(broker: Broker, queues: tuple[str, ...]) -> list[str]:
 
 
 def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # no date holds it (written by hand)
+        return f"{ts!r} s since the epoch"
 
 
 @click.command()

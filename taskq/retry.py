@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config import MAX_SECONDS, ConfigError
 
 
 class Retry(Exception):
@@ -15,8 +14,10 @@ class Retry(Exception):
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
-        if delay is not None and not 0 <= delay < math.inf:  # nan too: the job would be lost
-            raise ValueError(f"Retry delay must be zero or more seconds, finite, not {delay}")
+        if delay is not None and not 0 <= delay <= MAX_SECONDS:  # nan: the job would be lost
+            raise ValueError(
+                f"Retry delay must be zero or more seconds, finite (100 years at most), not {delay}"
+            )
         self.delay = delay
 
 
@@ -34,8 +35,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ConfigError(f"retries must be zero or more, not {self.retries}")
-        if not 0 <= self.backoff <= self.backoff_max < math.inf:
-            raise ConfigError("need 0 <= backoff <= backoff_max, both finite")
+        if not 0 <= self.backoff <= self.backoff_max <= MAX_SECONDS:
+            raise ConfigError("need 0 <= backoff <= backoff_max, both finite (100 years at most)")
         for exc_type in self.retry_on:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
                 raise ConfigError(f"retry_on takes exception classes, not {exc_type!r}")

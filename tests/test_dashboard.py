@@ -175,6 +175,22 @@ def test_state_endpoint_gives_the_queue_counts(app: App, dashboard: str) -> None
     assert (status, json.loads(body)["args"]) == (200, [1, 2])
 
 
+def test_a_time_no_date_holds_is_shown_not_a_server_error(
+    app: App, dashboard: str, r: redis.Redis
+) -> None:
+    # Written by hand (or by another producer): due, enqueued 1e20 s after the epoch.
+    tasks.add.push(1, 1)  # the queue is listed
+    payload = {"id": "far", "task": "add", "args": [1, 2], "enqueued_at": 1e20}
+    r.zadd("taskq:{default}:delayed", {json.dumps(payload): 1e20})
+    r.hset("taskq:job:far", mapping={"status": "scheduled", "enqueued_at": "1e20"})
+    for page in ("/", "/jobs/far"):
+        status, body = get(dashboard + page)
+        assert status == 200, body
+        assert "1e+20 s since the epoch" in body
+    with pytest.raises(ValueError, match="at most 100 years ahead"):
+        tasks.add.push(1, 2, delay=200 * 365 * 86_400)
+
+
 def test_changes_need_the_right_token(app: App, dashboard: str, r: redis.Redis) -> None:
     job = dead_letter_of_boom(app)
     for token in (None, "", "wrong", TOKEN + "x"):

@@ -443,6 +443,8 @@ def test_push_at_and_options_delay(app: App, r: redis.Redis) -> None:
     for bad in (-1, math.nan):
         with pytest.raises(ValueError, match="delay must be zero or more"):
             tasks.add.push(1, 2, delay=bad)
+    with pytest.raises(ValueError, match="at most 100 years ahead"):
+        tasks.add.push(1, 2, at=time.time() + 101 * 365 * 86_400)
     for never in ({"delay": math.inf}, {"at": math.inf}, {"at": math.nan}):
         with pytest.raises(ValueError, match="must be finite"):
             tasks.add.options(**never).push(1, 2)  # type: ignore[arg-type]

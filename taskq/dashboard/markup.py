@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -23,11 +24,18 @@ def pretty(value: Any) -> str:
 
 
 def iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+    """The UTC time; a time a date cannot hold (past the year 9999, say: written by
+    hand) as its number of seconds since the epoch."""
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts!r} s since the epoch"
 
 
 def duration(seconds: float) -> str:
     seconds = abs(seconds)
+    if not math.isfinite(seconds):
+        return str(seconds)
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
