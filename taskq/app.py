@@ -362,6 +362,9 @@ class App:
             job = CronJob(task_name, spec, task_name, tz, tuple(args), dict(kwargs or {}))
             try:
                 inspect.signature(fn).bind(*job.args, **job.kwargs)
+                # Pushed at every tick by every worker: arguments that cannot be
+                # encoded would stop each of them at the first tick.
+                Payload(task_name, list(job.args), job.kwargs).encode()
             except TypeError as exc:
                 raise TypeError(f"cron {task_name!r}: bad arguments: {exc}") from None
             task: Task[Any, Any] = self.task(name=task_name, **task_options)(fn)

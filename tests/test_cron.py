@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 
@@ -63,3 +64,10 @@ def test_bad_schedules_are_refused_at_once(redis_url: str) -> None:
         app.cron("* * * * *", tz="Mars/Olympus")(lambda: None)
     with pytest.raises(TypeError, match="bad arguments"):
         app.cron("* * * * *", args=(1, 2))(lambda: None)
+
+    def on(day: object) -> None: ...
+
+    # Pushed by every worker at every tick: refused now, not at the first tick.
+    with pytest.raises(TypeError, match=r"bad arguments: .* must be JSON-serialisable"):
+        app.cron("* * * * *", kwargs={"day": datetime.date(2026, 1, 1)})(on)
+    assert app.schedules == {}
