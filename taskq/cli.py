@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -452,14 +453,17 @@ def health(redis_url: str | None, host: str | None) -> None:
 
 # -- demo ------------------------------------------------------------------------------
 @main.command()
-@click.argument("seconds", nargs=-1, type=click.FloatRange(min=0))
+@click.argument("seconds", nargs=-1, type=click.FloatRange(min=0, max=86_400))
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=10, show_default=True)
+@friendly_errors
 def demo(seconds: tuple[float, ...], concurrency: int) -> None:
     """Everything in one process with no Redis: push the article's jobs and run them.
 
     Jobs sleep 1, 2 and 3 seconds (or SECONDS); a worker runs them concurrently, so the
     whole run takes about as long as the longest job, not the sum.
     """
+    if any(math.isnan(s) for s in seconds):  # NaN passes FloatRange's bounds
+        raise click.BadParameter("nan is not a number of seconds", param_hint="SECONDS")
     setup_logging("info")
     seconds = seconds or (1.0, 2.0, 3.0)
     app = App("memory://demo")

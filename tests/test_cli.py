@@ -504,6 +504,23 @@ def test_demo_runs_without_redis(worker_env: dict[str, str]) -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"TASKQ_CONCURRENCY": "abc"}, [], "Error: TASKQ_CONCURRENCY='abc' is not a whole"),
+        ({}, ["nan"], "Invalid value for SECONDS: nan is not a number of seconds"),
+        ({}, ["inf"], "inf is not in the range 0<=x<=86400"),
+    ],
+)
+def test_demo_refuses_bad_input_in_one_line(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    out = CliRunner().invoke(main, ["demo", *args], env=env)
+    assert out.exit_code == (2 if args else 1)
+    assert message in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
 def test_the_taskq_command_loads_no_optional_stack_it_does_not_use() -> None:
     # Every `taskq push` and `taskq worker` would pay for them at start-up (the web
     # stack alone took ~30 ms): each is imported where it is used.
