@@ -17,7 +17,7 @@ from .broker import Broker
 from .config import MAX_SECONDS, ConfigError, Settings, check_queue_name
 from .connection import connect, connect_async
 from .job import Job
-from .payload import Payload
+from .payload import Payload, utf8_ok
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -42,7 +42,10 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
         if isinstance(at, datetime):
             due = at.timestamp()
         elif isinstance(at, int | float) and not isinstance(at, bool):
-            due = float(at)
+            try:
+                due = float(at)
+            except OverflowError:  # an int past any float
+                raise ValueError(f"at={at!r} is too large for a time") from None
         else:
             raise TypeError(f"at must be a datetime or epoch seconds, not {type(at).__name__}")
     else:
@@ -74,10 +77,10 @@ class Task(Generic[P, R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a task must be a function, not {type(fn).__name__}")
-        if timeout is not None and timeout <= 0:
-            raise ConfigError(f"task {name!r}: timeout must be positive, not {timeout}")
-        if max_stalls < 0:
-            raise ConfigError(f"task {name!r}: max_stalls must be zero or more")
+        if timeout is not None and not 0 < timeout <= MAX_SECONDS:
+            raise ConfigError(f"task {name!r}: timeout must be positive and finite, not {timeout}")
+        if type(max_stalls) is not int or max_stalls < 0:
+            raise ConfigError(f"task {name!r}: max_stalls must be a whole number, zero or more")
         self.app = app
         self.fn = fn
         self.name = name
@@ -129,8 +132,13 @@ class Task(Generic[P, R]):
         until then. ``key`` makes the job unique: while a job with that key is queued,
         delayed or running, pushing again returns that job instead of a new one.
         """
-        if key is not None and (not isinstance(key, str) or not key or len(key) > 128):
-            raise ValueError(f"key must be a non-empty string of at most 128 characters: {key!r}")
+        if key is not None and (
+            not isinstance(key, str) or not key or len(key) > 128 or not utf8_ok(key)
+        ):
+            raise ValueError(
+                f"key must be a non-empty string of at most 128 characters, with no lone "
+                f"surrogate: {key!r}"
+            )
         return TaskCall(self, due_time(delay, at), key)
 
     def _split(self, kwargs: dict[str, Any]) -> TaskCall[P, R]:
@@ -325,7 +333,12 @@ class App:
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(f):
                 raise TypeError(f"@app.task needs a function, not {type(f).__name__}")
-            task_name = name or f.__name__
+            task_name = name if name is not None else getattr(f, "__name__", None)
+            if not isinstance(task_name, str) or not task_name:
+                raise ConfigError(
+                    f"a task's name must be a non-empty string, not {task_name!r}"
+                    + ("" if name is not None else ": give one with @app.task(name=...)")
+                )
             if task_name in self.tasks and self.tasks[task_name].fn is not f:
                 raise ConfigError(
                     f"two tasks named {task_name!r}: give one a name with @app.task(name=...)"

@@ -33,8 +33,8 @@ class RetryPolicy:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ConfigError(f"retries must be zero or more, not {self.retries}")
+        if type(self.retries) is not int or self.retries < 0:
+            raise ConfigError(f"retries must be a whole number, zero or more, not {self.retries!r}")
         if not 0 <= self.backoff <= self.backoff_max <= MAX_SECONDS:
             raise ConfigError("need 0 <= backoff <= backoff_max, both finite (100 years at most)")
         for exc_type in self.retry_on:

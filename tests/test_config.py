@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
+import taskq
 from taskq import App
 from taskq.config import ENV_VARS, ConfigError, Settings, check_queue_name, mask_url
 
@@ -305,3 +307,27 @@ def test_mask_url_of_an_unparseable_url_shows_nothing_of_it() -> None:
 )
 def test_mask_url_hides_a_password_with_unencoded_delimiters(url: str) -> None:
     assert "cret" not in mask_url(url)
+
+
+def test_bad_task_declarations_are_refused_at_once() -> None:
+    import functools
+
+    app = taskq.App("memory://declarations")
+
+    def f(a: int) -> int:
+        return a
+
+    with pytest.raises(ConfigError, match=r"name must be a non-empty string, not 5"):
+        app.task(name=5)(f)  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match=r"not None: give one with @app.task\(name=...\)"):
+        app.task(functools.partial(f, 1))
+    for timeout in (0, -1, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="timeout must be positive and finite"):
+            app.task(timeout=timeout)(f)
+    with pytest.raises(ConfigError, match="retries must be a whole number"):
+        app.task(retries=1.5)(f)  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match="max_stalls must be a whole number"):
+        app.task(max_stalls=-1)(f)
+    assert app.tasks == {}
+    with pytest.raises(ValueError, match="too large for a time"):
+        app.task(f).options(at=10**400)

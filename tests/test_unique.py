@@ -106,5 +106,6 @@ def test_async_push_and_bad_uses(app: App) -> None:
     assert a == b
     with pytest.raises(TypeError, match="push_many"):
         tasks.add.options(key="k").push_many([(1, 1)])
-    with pytest.raises(ValueError, match="key must be"):
-        tasks.add.push(1, 1, key="")
+    for bad in ("", "k" * 129, "lone \udc80"):
+        with pytest.raises(ValueError, match="key must be"):
+            tasks.add.push(1, 1, key=bad)
