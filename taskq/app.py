@@ -77,6 +77,9 @@ class Task(Generic[P, R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a task must be a function, not {type(fn).__name__}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            # Its call returns a generator, which no worker can store as a result.
+            raise ConfigError(f"task {name!r}: a generator function cannot be a task")
         if timeout is not None and not 0 < timeout <= MAX_SECONDS:
             raise ConfigError(f"task {name!r}: timeout must be positive and finite, not {timeout}")
         if type(max_stalls) is not int or max_stalls < 0:

@@ -21,6 +21,7 @@ from .app import App, Task
 from .cli_common import app_option, friendly_errors, load_app, setup_logging, url_option
 from .cli_dead import dead, purge, retry
 from .config import MULTIPROC_ENV, ConfigError, mask_url
+from .connection import is_memory
 from .dashboard.command import dashboard
 from .job import Job, JobFailed, JobRecord, ResultTimeout
 from .waiting import as_completed
@@ -271,6 +272,11 @@ def push(
     taskq push --app tasks --task add --args '[1, 2]'
     """
     app = load_app(app_spec, redis_url)
+    if is_memory(app.settings.redis_url):
+        raise click.ClickException(
+            "memory:// lives inside one process: jobs pushed here would be gone when this "
+            "command ends (run taskq demo, or push and run from one Python process)"
+        )
     task = app.tasks.get(task_name)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"

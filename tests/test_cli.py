@@ -495,6 +495,12 @@ def test_cli_runner_version() -> None:
 
 
 # -- demo --------------------------------------------------------------------------------
+def test_push_refuses_memory_url_whose_jobs_would_vanish(worker_env: dict[str, str]) -> None:
+    out = failing_cli({**worker_env, "TASKQ_REDIS_URL": "memory://x"}, "push", "1")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert "memory:// lives inside one process" in out.stderr
+
+
 def test_demo_runs_without_redis(worker_env: dict[str, str]) -> None:
     env = {**worker_env, "TASKQ_REDIS_URL": "redis://127.0.0.1:1/0"}  # unreachable: unused
     out = taskq_cli(env, "demo", "0.1", "0.2")

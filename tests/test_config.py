@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -328,6 +329,16 @@ def test_bad_task_declarations_are_refused_at_once() -> None:
         app.task(retries=1.5)(f)  # type: ignore[call-overload]
     with pytest.raises(ConfigError, match="max_stalls must be a whole number"):
         app.task(max_stalls=-1)(f)
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    for generator in (gen, agen):
+        with pytest.raises(ConfigError, match="a generator function cannot be a task"):
+            app.task(generator)
     assert app.tasks == {}
     with pytest.raises(ValueError, match="too large for a time"):
         app.task(f).options(at=10**400)

@@ -203,6 +203,20 @@ def test_changes_need_the_right_token(app: App, dashboard: str, r: redis.Redis) 
     assert job.status() == "queued"
 
 
+def test_a_body_nested_too_deeply_is_a_bad_request(dashboard: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    request = urllib.request.Request(
+        dashboard + "/api/dead/purge",
+        data=deep,
+        headers={"Content-Type": "application/json", "X-Taskq-Token": TOKEN},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["message"] == "the body must be a JSON object"
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_only_loopback_host_names_are_served(
     app: App, worker_env: dict[str, str], host: str

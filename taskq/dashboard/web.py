@@ -219,7 +219,7 @@ class Dashboard:
             return _reply(False, "wrong or missing token", 403)
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
             return _reply(False, "the body must be a JSON object", 400)
         queue = body.get("queue") if isinstance(body, dict) else None
         dead_id = body.get("id") if isinstance(body, dict) else None
