@@ -129,3 +129,6 @@ def purge(ids: tuple[str, ...], redis_url: str | None, queues: tuple[str, ...], 
         click.confirm(f"Delete {what}?", abort=True)
     removed = sum(broker.purge_dead(q, list(ids) if ids else None) for q in targets)
     click.echo(f"purged {removed} dead letter(s)", err=True)
+    if ids and removed < len(set(ids)):  # as retry: an id asked for was not there
+        click.echo(f"{len(set(ids)) - removed} of the ids given were no dead letter", err=True)
+        raise SystemExit(1)

@@ -593,6 +593,9 @@ def test_dead_letters_written_by_hand_are_listed_and_purged_not_a_traceback(
     assert "retried 1 job(s)" in retried.output
     purged = runner.invoke(main, ["purge", "--yes", *by_hand], env=env)
     assert (purged.exit_code, r.hlen(KEYS.dead_data("default"))) == (0, 0)
+    again = runner.invoke(main, ["purge", "--yes", "text", "nope"], env=env)
+    assert again.exit_code == 1  # as retry: the ids given were not there
+    assert "2 of the ids given were no dead letter" in again.output
 
 
 @pytest.mark.parametrize(
