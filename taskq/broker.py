@@ -768,6 +768,9 @@ class Broker:
         pipe.execute()
         done = self._revive(keys=keys, args=[dead_id, raw, payload.id])
         if done == 1:
+            # An abort asked for while it last ran, and never carried out, is not this
+            # new run's.
+            self.client.hdel(self.keys.aborts(queue), payload.id)
             return ""
         return gone if done == 0 else self._key_held(dead_id, payload, text(done))
 

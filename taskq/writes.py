@@ -369,7 +369,7 @@ class WriteBuilder:
         w.count(k.stats(queue), outcome.status)
         if payload.key:
             w.scripts.append(self.release_key(queue, payload))
-        if outcome.status == "aborted":
+        if outcome.status in ("aborted", "failed"):  # a request left would abort a retry
             w.queue.append(("HDEL", k.aborts(queue), (payload.id,)))
         if outcome.status == "failed":
             entry = dead_entry(

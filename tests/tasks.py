@@ -220,6 +220,11 @@ def suicide() -> None:
     os.kill(os.getpid(), 9)
 
 
+@app.task(retries=2, backoff=0.01)
+async def fails_holding(data: str) -> None:
+    raise ValueError(f"failed holding {len(data)} characters")
+
+
 @app.task(retries=3, backoff=0.01, backoff_max=0.05)
 async def flaky(name: str, failures: int) -> int:
     """Fails `failures` times with ConnectionError, then succeeds."""

@@ -385,6 +385,38 @@ def test_raise_retry_runs_again(app: App) -> None:
             spent.result(timeout=10)
 
 
+def test_a_job_too_big_to_retry_fails_instead_of_staying_in_its_list(
+    app: App, r: redis.Redis
+) -> None:
+    # One attempt along, its payload grows by '"attempts":1,' past the 1 MiB limit.
+    from taskq.payload import MAX_PAYLOAD_BYTES
+
+    overhead = len(tasks.fails_holding.payload(("",), {})[1])
+    job = tasks.fails_holding.push("x" * (MAX_PAYLOAD_BYTES - overhead - 1))
+    stats = taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert (stats.failed, stats.retried, stats.put_back) == (1, 0, 0)
+    with pytest.raises(taskq.JobFailed, match=r"ValueError: failed holding .* \(not retried: "):
+        job.result(timeout=1)
+    assert r.keys("taskq:{default}:active:*") == []
+    assert r.hexists(KEYS.dead_data("default"), job.id)
+
+
+def test_an_abort_request_left_by_a_job_that_failed_does_not_abort_its_retry(
+    app: App, r: redis.Redis
+) -> None:
+    # Asked while it ran, the abort came too late: the job failed first. The
+    # request must not abort the job when it is retried from the dead letters.
+    payload, raw = tasks.boom.payload(("late",), {})
+    r.lpush(KEYS.active("default", "w1"), raw)
+    r.hset(KEYS.aborts("default"), payload.id, time.time())
+    writes = app.broker.writes
+    app.broker.apply(writes.finish("default", "w1", raw, payload, Outcome("failed", error="E")))
+    assert r.hlen(KEYS.aborts("default")) == 0
+    r.hset(KEYS.aborts("default"), payload.id, time.time())  # one left all the same
+    assert app.broker.revive("default", payload.id, payload) == ""
+    assert r.hlen(KEYS.aborts("default")) == 0
+
+
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
     policy = taskq.retry.RetryPolicy(retries=10, backoff=1, backoff_max=8)
     for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:

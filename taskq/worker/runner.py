@@ -402,6 +402,8 @@ class JobRunner:
         self._unrecorded.pop(running, None)
         ended_at = time.time()
         running.run_time = run_time = ended_at - running.started_at
+        if outcome.status == "scheduled":
+            outcome = _retry_or_fail(running.payload, outcome)
         running.outcome = outcome
         running.status = status = outcome.status
         payload, queue, raw = running.payload, running.queue, running.raw
@@ -558,6 +560,18 @@ class JobRunner:
             log.warning(
                 "job %s %s failed in %.2fs: %s", payload.id, payload.task, elapsed, outcome.error
             )
+
+
+def _retry_or_fail(payload: Payload, retry: Outcome) -> Outcome:
+    """A retry runs the job one attempt along, a payload a few bytes bigger: one that
+    no longer fits the size limit fails now, rather than stay in the worker's list."""
+    try:
+        payload.next_attempt().encode()
+    except (TypeError, ValueError) as exc:
+        return Outcome(
+            "failed", error=f"{retry.error} (not retried: {exc})", traceback=retry.traceback
+        )
+    return retry
 
 
 def _describe(exc: BaseException) -> str:
