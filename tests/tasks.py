@@ -220,6 +220,18 @@ def suicide() -> None:
     os.kill(os.getpid(), 9)
 
 
+@app.task(retries=1)
+async def retries_after_gate(name: str) -> int:
+    """Its first run waits for the test to open `gate:NAME`, then asks to be retried."""
+    with _client() as c:
+        run = int(c.incr(f"runs:{name}"))
+        if run == 1:
+            c.rpush("events", f"start:{name}")
+            await asyncio.to_thread(c.blpop, [f"gate:{name}"], 20)
+            raise taskq.Retry(delay=0.3)
+    return run
+
+
 @app.task(retries=2, backoff=0.01)
 async def fails_holding(data: str) -> None:
     raise ValueError(f"failed holding {len(data)} characters")

@@ -15,7 +15,7 @@ from taskq.cli import main
 from taskq.keys import Keys
 
 from . import tasks
-from .helpers import as_text, start_worker, wait_event
+from .helpers import as_text, start_worker, wait_event, worker_thread
 
 KEYS = Keys()
 
@@ -82,6 +82,22 @@ def test_running_async_job_is_cancelled_within_a_second(
     assert f"job {long.id} slow failed" not in worker.log
     assert r.hlen(KEYS.aborts("default")) == 0
     assert r.keys("taskq:{default}:active:*") == []
+
+
+def test_a_job_aborted_as_its_run_asks_for_a_retry_is_not_run_again(
+    app: App, r: redis.Redis
+) -> None:
+    # The request waits in Redis while the retry backs off; an idle worker reads
+    # requests every few seconds, but must read it before it starts the retry.
+    with worker_thread(app):
+        job = tasks.retries_after_gate.push("backoff")
+        wait_event(r, "start:backoff")
+        assert job.abort() is True
+        r.rpush("gate:backoff", "open")  # the run ends at once, asking for a retry
+        with pytest.raises(taskq.JobAborted):
+            job.result(timeout=10)
+    assert r.get("runs:backoff") == b"1"
+    assert r.hlen(KEYS.aborts("default")) == 0
 
 
 def test_running_sync_job_is_recorded_aborted_and_its_result_discarded(

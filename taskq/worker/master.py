@@ -78,6 +78,8 @@ PREFETCH_FIRST_WINDOW = 0.02
 ABORT_POLL = 0.5
 ABORT_POLL_IDLE = 5.0  # with nothing running, only jobs waiting can be aborted
 ABORT_FORGET = 86_400.0
+#: In a payload, the mark of a job run again (see _dispatch).
+_RETRIED = b'"attempts":'
 #: Jobs whose run ended but whose outcome is not stored yet (a slow Redis) that a
 #: worker lets pile up before it takes no more jobs.
 MAX_UNSTORED = 1000
@@ -435,21 +437,27 @@ class Worker:
         for queue in (*broker.unsettled(), *self.queues):
             raws = broker.fetch(queue, self.id, free)
             if raws:
-                self._dispatch(queue, raws)
+                self._dispatch(broker, queue, raws)
                 return len(raws)
         if self.burst:
             return 0
         # All empty: block inside Redis until a job comes to any of them.
         got = broker.fetch_blocking_any(self.queues, self.id, self._block_seconds())
         for queue, raw in got:
-            self._dispatch(queue, [raw])
+            self._dispatch(broker, queue, [raw])
         return len(got)
 
-    def _dispatch(self, queue: str, raws: list[bytes]) -> None:
+    def _dispatch(self, broker: Broker, queue: str, raws: list[bytes]) -> None:
         """Hand jobs to the loop thread: one ``run_coroutine_threadsafe`` per batch
         taken in one round trip, each job then a task of its own on the loop."""
         assert self._loop is not None
         assert self._runner is not None
+        if any(_RETRIED in raw for raw in raws):
+            # A job run again (a retry): an abort asked while its last run ended may
+            # wait in Redis, unread by this worker yet. Read first, so the runner has
+            # it before the job starts (both go through the loop, in order).
+            self._aborts_at = 0.0
+            self._poll_aborts(broker)
         with self._slots:
             self._in_flight += len(raws)
             self._running += len(raws)
