@@ -36,8 +36,8 @@ except ImportError:  # redis-py without its hiredis extra
 from . import scripts
 from .connection import SentinelRedis
 from .keys import Keys
-from .payload import Payload, dumps, peek_id
-from .writes import WriteBuilder, Writes, record_fields, round_trips
+from .payload import BadPayload, Payload, decode, dumps, peek_id
+from .writes import WriteBuilder, Writes, entry_payload, record_fields, round_trips
 
 #: Jobs pushed in one batch (a bulk push streams its batches).
 PUSH_BATCH = 2000
@@ -743,6 +743,19 @@ class Broker:
     def dead_letter(self, queue: str, dead_id: str) -> dict[str, Any] | None:
         raw = self.client.hget(self.keys.dead_data(queue), dead_id)
         return read_dead_letter(dead_id, raw) if raw is not None else None
+
+    def revive_dead_letter(self, queue: str, entry: dict[str, Any]) -> str:
+        """Requeue the job a dead letter holds (see :meth:`revive`); returns "" once
+        requeued, else why it was not."""
+        try:
+            raw = entry_payload(entry)
+        except (KeyError, TypeError, ValueError):
+            return f"{entry['id']}: the dead letter holds no readable job; purge it instead"
+        try:
+            payload, _ = decode(raw)
+        except BadPayload as exc:
+            return f"{entry['id']}: cannot retry a bad payload ({exc}); purge it instead"
+        return self.revive(queue, entry["id"], payload)
 
     def revive(self, queue: str, dead_id: str, payload: Payload) -> str:
         """Requeue a dead letter as a fresh job under the same id, attempts reset (once,

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
 
 import click
 
 from .app import App
 from .broker import Broker
 from .cli_common import friendly_errors, url_option
-from .payload import BadPayload, decode
-from .writes import entry_payload
 
 queue_option = click.option(
     "--queue",
@@ -66,19 +63,6 @@ def dead(redis_url: str | None, queues: tuple[str, ...], limit: int, as_json: bo
         click.echo(f"{total} dead letter(s)", err=True)
 
 
-def _revive(broker: Broker, queue: str, entry: dict[str, Any]) -> str:
-    """Requeue one dead letter; returns an error message, or '' on success."""
-    try:
-        raw = entry_payload(entry)
-    except (KeyError, TypeError, ValueError):
-        return f"{entry['id']}: the dead letter holds no readable job; purge it instead"
-    try:
-        payload, _ = decode(raw)
-    except BadPayload as exc:
-        return f"{entry['id']}: cannot retry a bad payload ({exc}); purge it instead"
-    return broker.revive(queue, entry["id"], payload)
-
-
 @click.command()
 @click.argument("ids", nargs=-1)
 @url_option
@@ -100,7 +84,7 @@ def retry(ids: tuple[str, ...], redis_url: str | None, queues: tuple[str, ...], 
         )
         for entry in entries:
             wanted.discard(entry["id"])
-            problem = _revive(broker, queue, entry)
+            problem = broker.revive_dead_letter(queue, entry)
             if problem:
                 problems.append(problem)
             else:

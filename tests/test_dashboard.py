@@ -203,6 +203,18 @@ def test_changes_need_the_right_token(app: App, dashboard: str, r: redis.Redis) 
     assert job.status() == "queued"
 
 
+def test_retrying_a_dead_letter_with_no_readable_job_says_so(
+    app: App, dashboard: str, r: redis.Redis
+) -> None:
+    # The same check as `taskq retry`: an unreadable payload_base64 was a 500 here.
+    tasks.add.push(1, 1)  # the queue is listed
+    r.hset("taskq:{default}:dead:data", "odd", '{"payload_base64": 5}')
+    r.zadd("taskq:{default}:dead", {"odd": 1.0})
+    status, reply = post(dashboard + "/api/dead/retry", {"queue": "default", "id": "odd"}, TOKEN)
+    assert (status, reply["ok"]) == (409, False)
+    assert reply["message"] == "odd: the dead letter holds no readable job; purge it instead"
+
+
 def test_a_body_nested_too_deeply_is_a_bad_request(dashboard: str) -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     request = urllib.request.Request(

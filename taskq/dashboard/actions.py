@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 
 from ..broker import Broker
-from ..payload import BadPayload, decode
-from ..writes import entry_payload
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +18,7 @@ def retry(broker: Broker, queue: str, dead_id: str) -> tuple[bool, str]:
     entry = broker.dead_letter(queue, dead_id)
     if entry is None:
         return False, f"no dead letter {dead_id} in queue {queue} (already retried or purged?)"
-    try:
-        payload, _ = decode(entry_payload(entry))
-    except (BadPayload, KeyError, ValueError) as exc:
-        return False, f"cannot retry {dead_id}: bad payload ({exc}); purge it instead"
-    problem = broker.revive(queue, dead_id, payload)
+    problem = broker.revive_dead_letter(queue, entry)
     if problem:
         return False, problem
     log.info("dead letter %s of queue %r retried from the dashboard", dead_id, queue)
