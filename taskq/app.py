@@ -34,10 +34,11 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
     """Epoch seconds a delayed job is due, or None to queue it now."""
     if delay is not None and at is not None:
         raise TypeError("give delay= or at=, not both")
+    now = time.time()
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
             raise ValueError(f"delay must be zero or more seconds, not {delay!r}")
-        due = time.time() + delay
+        due = now + delay
     elif at is not None:
         if isinstance(at, datetime):
             due = at.timestamp()
@@ -53,9 +54,9 @@ def due_time(delay: float | None, at: datetime | float | None) -> float | None:
     if not math.isfinite(due):  # infinity would hold the job back for ever
         shown = delay if at is None else at
         raise ValueError(f"the job's due time must be finite, not {shown!r}")
-    if due - time.time() > MAX_SECONDS:
+    if due - now > MAX_SECONDS:
         raise ValueError("the job's due time must be at most 100 years ahead")
-    return due if due > time.time() else None
+    return due if due > now else None
 
 
 _PUSH_OPTIONS = ("delay", "at", "key")

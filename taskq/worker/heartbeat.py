@@ -82,8 +82,11 @@ class Heartbeat:
                 )
             self._failing = True
             return
-        except Exception:  # a bug in recovery must not end the lease: beat on
-            log.exception("recovering dead workers' jobs failed; the heartbeat goes on")
+        except Exception:  # a bug in recovery or trimming must not end the lease
+            log.exception(
+                "recovering dead workers' jobs or trimming dead letters failed; "
+                "the heartbeat goes on"
+            )
             return
         if self._failing:
             log.info("heartbeat back")

@@ -3,11 +3,11 @@
 A worker is dead once its heartbeat in ``taskq:{Q}:workers`` is older than the
 heartbeat timeout and its own heartbeat timeout has passed too (its description in
 ``taskq:worker:ID`` expires then): workers given different timeouts do not judge
-one another by their own. Until then its jobs are its own however long they run. Each of a
-dead worker's jobs is moved atomically (one Lua call per job, which also re-checks
-that the worker is still dead), so two workers sweeping at once never requeue a job
-twice. Each recovery counts a stall; past ``max_stalls`` the job is a poison job and
-goes to the dead letters instead of killing another worker.
+one another by their own. Until then its jobs are its own however long they run.
+Each of a dead worker's jobs is moved atomically (one Lua call per job, which also
+re-checks that the worker is still dead), so two workers sweeping at once never
+requeue a job twice. Each recovery counts a stall; past ``max_stalls`` the job is a
+poison job and goes to the dead letters instead of killing another worker.
 """
 
 from __future__ import annotations
