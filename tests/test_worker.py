@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import taskq
-from taskq import App, JobFailed, Worker, payload
+from taskq import App, JobFailed, Worker, payload, scripts
 from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker, own_connection, raw_commands
 from taskq.config import ConfigError
@@ -866,9 +866,11 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
         for apply in appliers:
             with pytest.raises(redis.ResponseError, match="maxmemory"):
                 apply()
-        # Nor may a push leave a record without its job, or the reverse.
-        with pytest.raises(redis.ResponseError, match="maxmemory"):
-            tasks.add.push(5, 6)
+        # Nor may a push leave a record without its job, or the reverse: the first
+        # (a transaction: it names the queue too), nor the next (one script call).
+        for _ in range(2):
+            with pytest.raises(redis.ResponseError, match="maxmemory"):
+                tasks.add.push(5, 6)
     finally:
         r.config_set("maxmemory", 0)
     assert r.lrange(active, 0, -1) == [raw]
@@ -1287,6 +1289,41 @@ def test_through_redis_py_several_queues_are_waited_on_in_turn(app: App, r: redi
         assert r.lrange(KEYS.active("b", "w"), 0, -1) == [b"job-b"]
     finally:
         broker.close()
+
+
+def test_a_push_of_one_job_is_one_call_with_one_reply(app: App, r: redis.Redis) -> None:
+    # Its record, then the job, as one script call: a transaction was four replies
+    # to read, a fifth of a one-at-a-time producer's CPU.
+    tasks.add.push(0, 0)  # the first push names the queue too: a transaction
+    writes = app.broker.writes.push("default", [tasks.add.payload((1, 2), {})])
+    assert [command[:2] for command in raw_commands(writes)] == [("EVAL", scripts.PUSH_ONE)]
+
+    async def apush() -> str:
+        try:
+            await tasks.add.apush(0, 0)  # this broker's first push: a transaction
+            r.config_resetstat()
+            return (await tasks.add.apush(3, 4)).id
+        finally:
+            await app.aclose()
+
+    pushed = [asyncio.run(apush()), tasks.add.push(1, 2).id]
+    stats = r.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 2
+    assert "cmdstat_multi" not in stats
+    assert [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, 1)] == [
+        pushed[1],
+        pushed[0],
+    ]
+    record = {as_text(k): as_text(v) for k, v in r.hgetall(KEYS.job(pushed[1])).items()}
+    assert float(record.pop("enqueued_at")) == pytest.approx(time.time(), abs=60)
+    assert record == {
+        "status": "queued",
+        "task": "add",
+        "queue": "default",
+        "args": "[1,2]",
+        "kwargs": "{}",
+        "attempts": "0",
+    }
 
 
 def test_a_producer_names_its_queue_with_its_first_push_then_once_a_minute(
