@@ -235,6 +235,12 @@ def test_a_move_into_a_key_of_the_wrong_type_is_refused_and_loses_no_job(
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             move()
     r.delete(queue)
+    r.set(KEYS.active("default", "w2"), "oops")  # a fetch's move too
+    r.lpush(queue, raw)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        broker.fetch("default", "w2", 5)
+    assert r.lrange(queue, 0, -1) == [raw]
+    r.delete(queue)
     for key, outcome in ((delayed, retry), (dead, failed)):
         held = r.dump(key)
         r.set(key, "oops")

@@ -392,6 +392,25 @@ def test_a_push_refused_for_its_queues_type_leaves_no_record(app: App, r: redis.
     assert (records(), r.llen(queue)) == (2, 1)
 
 
+def test_a_big_fetch_moves_the_oldest_jobs_in_order(redis_url: str, r: redis.Redis) -> None:
+    # One range read, trim and push (in slices: Lua's unpack has a limit) leave the
+    # lists as one LMOVE a job did: the oldest first out, the newest moved at the head.
+    broker = Broker(redis.Redis.from_url(redis_url))
+    queue, active = KEYS.queue("default"), KEYS.active("default", "w1")
+    try:
+        r.lpush(queue, *(b"%d" % i for i in range(2500)))  # 0 is the oldest
+        assert broker.fetch("default", "w1", 0) == []
+        got = broker.fetch("default", "w1", 2100)
+        assert got == [b"%d" % i for i in range(2100)]
+        assert r.lrange(active, 0, -1) == got[::-1]
+        assert r.lrange(queue, 0, -1) == [b"%d" % i for i in range(2499, 2099, -1)]
+        assert broker.fetch("default", "w1", 1000) == [b"%d" % i for i in range(2100, 2500)]
+        assert r.exists(queue) == 0
+        assert r.lrange(active, 0, 0) == [b"2499"]
+    finally:
+        broker.close()
+
+
 def test_a_fetch_straight_on_a_connection_reports_errors_and_reconnects(
     redis_url: str, r: redis.Redis
 ) -> None:
