@@ -113,13 +113,25 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
             for name, key, args in commands:
                 argv += (name, keys.setdefault(key, len(keys) + 1), len(args), *args)
             size = len(argv)
+            argv.append(0)  # where the jobs' records begin in KEYS: set below
+            records = []
+            run: tuple[Any, ...] = ()
+            rows = 0  # where the current run's count of rows is in argv
             for row in w.done:  # (job, active, ttl, raw, result, finished_at, *start)
-                argv += (
-                    keys.setdefault(row[0], len(keys) + 1),
-                    keys.setdefault(row[1], len(keys) + 1),
-                )
-                argv += (*row[2:6], len(row) - 6, *row[6:])
-            return [("EVAL", scripts.APPLY, len(keys), *keys, size, *argv)]
+                width = len(row)
+                head = (row[1], row[2], width, row[-2] if width > 6 else "")
+                if head != run:  # rows that share these go as one run (see APPLY)
+                    run = head
+                    argv += (keys.setdefault(row[1], len(keys) + 1), row[2], width - 6, head[3], 0)
+                    rows = len(argv) - 1
+                argv[rows] += 1
+                if width > 6:  # the start values but the worker, who is the run's
+                    argv += (*row[3:-2], row[-1])
+                else:
+                    argv += row[3:]
+                records.append(row[0])
+            argv[size] = len(keys) + 1
+            return [("EVAL", scripts.APPLY, len(keys) + len(records), *keys, *records, size, *argv)]
     commands = w.commands()
     return [
         ("MULTI",),
