@@ -1,7 +1,7 @@
 """Profile a taskq worker on the benchmark's jobs, every thread (cProfile per thread).
 
     benchmarks/.venvs/taskq/bin/python benchmarks/profile_taskq.py [--jobs 20000]
-        [--kind noop|sleep] [--concurrency 10] [--top 25] [--out prof-dir]
+        [--kind noop|sleep|empty] [--concurrency 10] [--top 25] [--out prof-dir]
         [--cpu | --ceiling] [--loop auto|uvloop|asyncio]
 
 Starts a private redis-server, pushes the jobs with ``push_many``, then runs
@@ -11,6 +11,8 @@ event-loop thread and every other thread, and prints each thread's hottest funct
 thread (open with ``python -m pstats`` or snakeviz). The profiler slows everything
 ~2x: compare the shares, not the rates, with bench.py's.
 
+``--kind empty`` runs jobs that do nothing at all: what taskq itself costs a job.
+
 ``--ceiling`` prints the same for the no-queue ceiling (the job bodies run straight from
 an asyncio loop at the same concurrency, in this process), to compare with ``--cpu``.
 
@@ -18,9 +20,11 @@ an asyncio loop at the same concurrency, in this process), to compare with ``--c
 ceiling alike (default: auto, which is uvloop where installed, as for the worker).
 
 ``--cpu`` runs without the profiler and prints what each thread cost per job instead:
-CPU time (from /proc, read as the last job completes) and context switches. The loop
-thread's CPU per job is the steadiest figure to compare changes by on a noisy machine;
-many voluntary switches in the master mean it waits for the GIL.
+CPU time (from /proc, read as the last job completes) and context switches, and the
+private redis-server's CPU time per job (from INFO: while a script writes a batch of
+outcomes, every job's command waits). The loop thread's CPU per job is the steadiest
+figure to compare changes by on a noisy machine; many voluntary switches in the
+master mean it waits for the GIL.
 """
 
 from __future__ import annotations
@@ -91,6 +95,14 @@ def _thread_costs() -> dict[str, tuple[float, float, int, int]]:
     return costs
 
 
+def _redis_cpu() -> tuple[float, float, int, int]:
+    """The private redis-server's user and system CPU seconds (its switches: 0)."""
+    import redis
+
+    cpu = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]).info("cpu")
+    return float(cpu["used_cpu_user"]), float(cpu["used_cpu_sys"]), 0, 0
+
+
 def _measure_cpu(jobs: int) -> None:
     """Make the next worker print each thread's cost per job: from the moment it
     starts taking jobs to the moment it starts shutting down (threads all alive)."""
@@ -103,13 +115,16 @@ def _measure_cpu(jobs: int) -> None:
 
     def measured_fetch_loop(self: Worker, *a: Any) -> None:
         before.update(_thread_costs())
+        before["redis-server"] = _redis_cpu()
         began.append(time.perf_counter())
         fetch_loop(self, *a)
 
     def measured_shutdown(self: Worker, *a: Any) -> None:
         elapsed = time.perf_counter() - began[0]
         print(f"{jobs / elapsed:.0f} jobs/s, {elapsed * 1e6 / jobs:.1f} us a job in all")
-        for name, (user, system, vol, invol) in sorted(_thread_costs().items()):
+        costs = _thread_costs()
+        costs["redis-server"] = _redis_cpu()
+        for name, (user, system, vol, invol) in sorted(costs.items()):
             user0, system0, vol0, invol0 = before.get(name, (0.0, 0.0, 0, 0))
             cpu = (user - user0 + system - system0) * 1e6 / jobs
             print(
@@ -157,16 +172,20 @@ def _ceiling_cpu(kind: str, jobs: int, concurrency: int, loop: str) -> None:
 
     async def run() -> None:
         await common.aredis().ping()
+        server0 = _redis_cpu()
         before = resource.getrusage(resource.RUSAGE_SELF)
         began = time.perf_counter()
         await run_ceiling(kind, jobs, concurrency)
         elapsed = time.perf_counter() - began
         after = resource.getrusage(resource.RUSAGE_SELF)
+        server1 = _redis_cpu()
+        server = (server1[0] - server0[0] + server1[1] - server0[1]) * 1e6 / jobs
         user = (after.ru_utime - before.ru_utime) * 1e6 / jobs
         system = (after.ru_stime - before.ru_stime) * 1e6 / jobs
         print(
             f"ceiling {user + system:7.1f} us CPU/job ({system:5.1f} in the kernel)   "
-            f"{jobs / elapsed:.0f} jobs/s, {loop_kind(loop)} loop"
+            f"{jobs / elapsed:.0f} jobs/s, {loop_kind(loop)} loop; "
+            f"redis-server {server:.1f} us CPU/job"
         )
 
     with asyncio.Runner(loop_factory=lambda: new_event_loop(loop)) as runner:
@@ -176,7 +195,7 @@ def _ceiling_cpu(kind: str, jobs: int, concurrency: int, loop: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
-    parser.add_argument("--kind", default="noop", choices=["noop", "sleep"])
+    parser.add_argument("--kind", default="noop", choices=["noop", "sleep", "empty"])
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path)
@@ -184,6 +203,8 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true", help="the ceiling's CPU per job")
     parser.add_argument("--loop", default="auto", choices=LOOPS)
     args = parser.parse_args()
+    if args.ceiling and args.kind == "empty":
+        parser.error("the ceiling runs the benchmark's jobs: --kind noop or sleep")
     workdir = Path(tempfile.mkdtemp(prefix="taskq-profile-"))
     with redis_server(workdir) as url:
         os.environ.update(BENCH_REDIS_URL=url, TASKQ_REDIS_URL=url)

@@ -30,7 +30,13 @@ async def stamp() -> None:
     await common.stamp_job()
 
 
-TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep, "stamp": stamp}
+@app.task
+async def empty() -> None:
+    """Nothing at all (not a benchmark job): what taskq itself costs a job, for
+    ``profile_taskq.py --kind empty``."""
+
+
+TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep, "stamp": stamp, "empty": empty}
 
 
 def worker_argv(concurrency: int) -> list[str]:
