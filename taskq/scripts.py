@@ -310,6 +310,21 @@ while i <= #ARGV do
   local active, ttl, starts = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2])
   local worker, rows = ARGV[i + 3], tonumber(ARGV[i + 4])
   local width = starts > 0 and 2 + starts or 3
+  -- Jobs end about in the order they were taken, so a run's jobs are most often
+  -- the last `rows` of their active list: then one LTRIM takes them all out, not an
+  -- LREM each (a third of a row's time). Else each is taken out as an LREM from
+  -- the tail (the oldest of identical copies: see GIVE_BACK).
+  local tail, left, out = redis.call('LRANGE', active, -rows, -1), {}, true
+  for r = 0, rows - 1 do
+    local raw = ARGV[i + 5 + r * width]
+    left[raw] = (left[raw] or 0) + 1
+  end
+  for _, raw in ipairs(tail) do
+    local count = left[raw]
+    if not count or count == 0 then out = false break end
+    left[raw] = count - 1
+  end
+  out = out and #tail == rows
   i = i + 5
   for _ = 1, rows do
     local key, raw, result = KEYS[k], ARGV[i], ARGV[i + 1]
@@ -332,11 +347,12 @@ while i <= #ARGV do
       call('HSET', key, unpack(fields))
     end
     call('EXPIRE', key, ttl)
-    call('LREM', active, -1, raw)
+    if not out then call('LREM', active, -1, raw) end
     i = i + width
     k = k + 1
     n = n + 3
   end
+  if out then call('LTRIM', active, 0, -rows - 1) end
 end
 return n
 """

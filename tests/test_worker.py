@@ -977,6 +977,43 @@ def test_a_done_job_is_stored_alike_as_a_compact_row_or_as_commands(
     assert records[0] == expected
 
 
+def test_jobs_done_leave_their_active_list_by_one_trim_or_one_by_one(
+    app: App, r: redis.Redis
+) -> None:
+    # Jobs done that are the last of their active list go in one LTRIM; otherwise
+    # each goes as an LREM from the tail. Both leave the same list.
+    writes, active = app.broker.writes, KEYS.active("default", "w1")
+    jobs = [tasks.add.payload((i, i), {}) for i in range(6)]
+    raw = [raw for _, raw in jobs]
+
+    def done(*picked: int) -> Writes:
+        w = Writes()
+        for i in picked:
+            job, _ = jobs[i]
+            w.merge(writes.finish("default", "w1", raw[i], job, Outcome("done", "1"), 1.0))
+        return w
+
+    cases = [
+        # The list (head first), the jobs done (in the order they ended), what is
+        # left, and whether that took one trim.
+        ([0, 1, 2, 3, 4], [4, 2, 3], [0, 1], True),  # the last three
+        ([0, 1, 2, 3, 4], [3, 4, 1], [0, 2], False),  # one further in
+        ([2, 5, 2], [2], [2, 5], True),  # the same job twice: the copy at the tail goes
+        ([5, 0, 5], [5, 0], [5], True),
+        ([5, 0, 5], [0], [5, 5], False),
+    ]
+    for listed, ended, left, trimmed in cases:
+        r.delete(active)
+        r.rpush(active, *(raw[i] for i in listed))
+        r.config_resetstat()
+        app.broker.apply(done(*ended))
+        assert r.lrange(active, 0, -1) == [raw[i] for i in left], (listed, ended)
+        trims = r.info("commandstats").get("cmdstat_ltrim", {}).get("calls", 0)
+        assert trims == int(trimmed), (listed, ended)
+    for job, _ in jobs:
+        assert r.hget(KEYS.job(job.id), "status") == b"done"
+
+
 def test_a_bounded_pool_is_not_short_of_a_connection(redis_url: str) -> None:
     # Each broker's own connection is made outside redis-py's pool.
     bounded = App(redis_url + "?max_connections=1")
