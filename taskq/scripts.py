@@ -281,8 +281,7 @@ return 1
 # KEYS, the TTL, the number of start values, the worker ("" with none), how many rows
 # follow; then each row: the raw job, the result, the finish time, the start values
 # but the worker. A row's two times, the finish time and started_at (the last start
-# value), are whole microseconds, stored as seconds (as taskq.writes.seconds writes
-# them).
+# value), are text (taskq.writes.stamp).
 # Runs a write of several simple commands (HSET, EXPIRE, LREM, HINCRBY, ...) in one
 # call: one reply to read, and nothing written if Redis refuses the first command
 # (out of memory, say: a script stops at its first refused command).
@@ -299,11 +298,7 @@ while i <= last do
   n = n + 1
 end
 local names = {'task', 'queue', 'args', 'kwargs', 'enqueued_at', 'attempts'}
-local call, sub = redis.call, string.sub
-local function seconds(us)  -- a third of string.format's time
-  if #us > 6 then return sub(us, 1, -7) .. '.' .. sub(us, -6) end
-  return string.format('0.%06d', us)
-end
+local call = redis.call
 local k = tonumber(ARGV[i])
 i = i + 1
 while i <= #ARGV do
@@ -327,11 +322,10 @@ while i <= #ARGV do
   out = out and #tail == rows
   i = i + 5
   for _ = 1, rows do
-    local key, raw, result = KEYS[k], ARGV[i], ARGV[i + 1]
-    local finished = seconds(ARGV[i + 2])
+    local key, raw, result, finished = KEYS[k], ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if starts == 3 then  -- the bulk: a quick job pushed by taskq
       call('HSET', key, 'status', 'done', 'result', result, 'finished_at', finished,
-           'attempts', ARGV[i + 3], 'worker', worker, 'started_at', seconds(ARGV[i + 4]))
+           'attempts', ARGV[i + 3], 'worker', worker, 'started_at', ARGV[i + 4])
     elseif starts == 0 then  -- its start was stored on its own
       call('HSET', key, 'status', 'done', 'result', result, 'finished_at', finished)
     else
@@ -343,7 +337,7 @@ while i <= #ARGV do
       fields[#fields + 1] = 'worker'
       fields[#fields + 1] = worker
       fields[#fields + 1] = 'started_at'
-      fields[#fields + 1] = seconds(ARGV[i + width - 1])
+      fields[#fields + 1] = ARGV[i + width - 1]
       call('HSET', key, unpack(fields))
     end
     call('EXPIRE', key, ttl)
