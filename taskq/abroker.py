@@ -77,7 +77,10 @@ class AsyncBroker:
             await pipe.execute()
 
     async def _write(self, w: Writes) -> None:
-        commands = raw_commands(w)
+        await self._send(raw_commands(w))
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> None:
+        """Send ``commands`` straight on a connection and read their replies."""
         conn, own = await self._borrow()
         try:
             # On a lost connection, as redis-py retries its own commands.
@@ -132,6 +135,11 @@ class AsyncBroker:
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
         try:
+            if len(jobs) == 1 and due is None and self._raw:  # the usual push
+                call = self.writes.push_one(queue, *jobs[0])
+                if call is not None:
+                    await self._send([call])
+                    return
             for start in range(0, len(jobs), PUSH_BATCH):
                 await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
         except redis.ResponseError:  # see Broker.push

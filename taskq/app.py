@@ -99,6 +99,7 @@ class Task(Generic[P, R]):
         self._option_names = set(_PUSH_OPTIONS) - set(self.signature.parameters)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        self._now: TaskCall[P, R] = TaskCall(self, None)  # a push with no options
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
@@ -168,7 +169,8 @@ class Task(Generic[P, R]):
         job) are push options, unless the function has a parameter of that name
         (see :meth:`options`).
         """
-        return self._split(kwargs).push(*args, **kwargs)
+        call = self._split(kwargs) if kwargs else self._now
+        return call.push(*args, **kwargs)
 
     def push_many(self, items: Iterable[ArgsItem]) -> list[Job[R]]:
         """Push many jobs in one round trip. Each item is a tuple of positional

@@ -91,8 +91,7 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     memory, say) must not leave a job out of its active list with its outcome
     unstored. Jobs done (the worker's batches) go with the commands around them as
     one APPLY script call: three commands a job in one reply, read on the loop
-    thread. A push of one job (its record, then the job) goes as one PUSH_ONE call.
-    Other writes of several commands (a bulk push, say) go as one transaction,
+    thread. Other writes of several commands (a push, say) go as one transaction,
     which Redis runs in about half a script call's time; so do writes with scripts of
     their own, or with too many arguments for Lua. A single command goes alone.
     Scripts go as EVAL: an EVALSHA refused with NOSCRIPT would abort the
@@ -103,10 +102,6 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
         if len(commands) == 1 and not w.done:
             name, key, args = commands[0]
             return [(name, key, *args)]
-        if len(commands) == 2 and not w.done:
-            (first, record, fields), (second, queue, raws) = commands
-            if first == "HSET" and second == "LPUSH" and len(raws) == 1:
-                return [("EVAL", scripts.PUSH_ONE, 2, record, queue, *raws, *fields)]
         if w.done and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
             keys: dict[str, int] = {}
             argv: list[Any] = []
@@ -380,6 +375,11 @@ class Broker:
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
         try:
+            if len(jobs) == 1 and due is None and self._raw:  # the usual push
+                call = self.writes.push_one(queue, *jobs[0])
+                if call is not None:
+                    self._call(call)
+                    return
             if len(jobs) <= PUSH_BATCH:
                 self.apply(self.writes.push(queue, jobs, due))
                 return

@@ -301,6 +301,24 @@ class WriteBuilder:
             w.scripts.append((scripts.REGISTER, [k.queues()], [queue]))
         return w
 
+    def push_one(self, queue: str, payload: Payload, raw: bytes) -> tuple[Any, ...] | None:
+        """One job onto ``queue`` now, as one call of scripts.PUSH_ONE (its record,
+        then the job, one reply) on one Redis; None if this push must also name the
+        queue (see :meth:`push`), which the general way does."""
+        if time.monotonic() >= self._registered.get(queue, 0.0):
+            return None
+        k = self.keys
+        fields = record_fields(payload, queue)
+        return (
+            "EVAL",
+            scripts.PUSH_ONE,
+            2,
+            k.job(payload.id),
+            k.queue(queue),
+            raw,
+            *itertools.chain.from_iterable(fields.items()),
+        )
+
     def start(self, queue: str, worker: str, payload: Payload, started_at: float) -> Writes:
         return Writes(
             records=[

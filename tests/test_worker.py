@@ -1350,9 +1350,10 @@ def test_through_redis_py_several_queues_are_waited_on_in_turn(app: App, r: redi
 def test_a_push_of_one_job_is_one_call_with_one_reply(app: App, r: redis.Redis) -> None:
     # Its record, then the job, as one script call: a transaction was four replies
     # to read, a fifth of a one-at-a-time producer's CPU.
-    tasks.add.push(0, 0)  # the first push names the queue too: a transaction
-    writes = app.broker.writes.push("default", [tasks.add.payload((1, 2), {})])
-    assert [command[:2] for command in raw_commands(writes)] == [("EVAL", scripts.PUSH_ONE)]
+    writes, job = app.broker.writes, tasks.add.payload((1, 2), {})
+    assert writes.push_one("default", *job) is None  # the first push names the queue too
+    tasks.add.push(0, 0)
+    assert (writes.push_one("default", *job) or ())[:2] == ("EVAL", scripts.PUSH_ONE)
 
     async def apush() -> str:
         try:
