@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -781,26 +782,31 @@ class Broker:
         another job."""
         payload = dataclasses.replace(payload, attempts=0)
         raw = payload.encode()
-        keys = [self.keys.dead(queue), self.keys.dead_data(queue), self.keys.queue(queue)]
+        k = self.keys
+        keys = [k.dead(queue), k.dead_data(queue), k.queue(queue), k.aborts(queue)]
+        args = [dead_id, raw, payload.id, 1 if payload.key else 0]
         if payload.key:
-            keys.append(self.keys.unique(queue, payload.key))
+            keys.append(k.unique(queue, payload.key))
         gone = f"{dead_id}: already retried or purged"
-        # The record goes first (a worker may end the job before a write after the
-        # script), so only once the script would be expected to requeue it.
-        holder = text(self.client.get(keys[3])) if payload.key else None
-        if not self.client.hexists(keys[1], dead_id):
-            return gone
-        if holder not in (None, payload.id):
-            return self._key_held(dead_id, payload, holder)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self.keys.job(payload.id))
-        pipe.hset(self.keys.job(payload.id), mapping=record_fields(payload, queue))
-        pipe.execute()
-        done = self._revive(keys=keys, args=[dead_id, raw, payload.id])
+        fields = record_fields(payload, queue)
+        if self.cluster:
+            # The record goes first (a worker may end the job before a write after
+            # the script), so only once the script would be expected to requeue it.
+            # (A purge in between leaves it behind: on one Redis the script writes it.)
+            holder = text(self.client.get(keys[4])) if payload.key else None
+            if not self.client.hexists(keys[1], dead_id):
+                return gone
+            if holder not in (None, payload.id):
+                return self._key_held(dead_id, payload, holder)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(k.job(payload.id))
+            pipe.hset(k.job(payload.id), mapping=fields)
+            pipe.execute()
+        else:
+            keys.append(k.job(payload.id))
+            args += itertools.chain.from_iterable(fields.items())
+        done = self._revive(keys=keys, args=args)
         if done == 1:
-            # An abort asked for while it last ran, and never carried out, is not this
-            # new run's.
-            self.client.hdel(self.keys.aborts(queue), payload.id)
             return ""
         return gone if done == 0 else self._key_held(dead_id, payload, text(done))
 

@@ -249,21 +249,32 @@ redis.call('DEL', KEYS[3])
 return 1
 """
 
-# KEYS: dead, dead data, queue, and the job's unique key if it has one. ARGV:
-# dead-letter id, raw job, job id. Requeues a dead letter once, however many callers
-# race, taking its unique key again: returns 1, 0 if it is gone (retried or purged),
-# or the id of another job that holds the key (then nothing changes).
+# KEYS: dead, dead data, queue, aborts, then the job's unique key if it has one, then
+# its record if the script is to write it. ARGV: dead-letter id, raw job, job id, 1 if
+# there is a unique key (else 0), then the record's fields and values (none: the
+# caller wrote it; a Redis Cluster cannot reach the record from the queue's slot).
+# Requeues a dead letter once, however many callers race, taking its unique key
+# again: returns 1, 0 if it is gone (retried or purged), or the id of another job
+# that holds the key (then nothing changes). The record is written anew before the
+# job is queued (no worker can end the job first), and an abort asked for while the
+# job last ran, never carried out, is forgotten: it is not this new run's.
 REVIVE = (
     _EXPECT
     + """
 local bad = wrong(KEYS[3], 'list')
 if bad then return redis.error_reply(bad) end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-if KEYS[4] then
-  local holder = redis.call('GET', KEYS[4])
+if ARGV[4] == '1' then
+  local holder = redis.call('GET', KEYS[5])
   if holder and holder ~= ARGV[3] then return holder end
-  redis.call('SET', KEYS[4], ARGV[3])
+  redis.call('SET', KEYS[5], ARGV[3])
 end
+if #ARGV > 4 then
+  local record = KEYS[#KEYS]
+  redis.call('DEL', record)
+  redis.call('HSET', record, unpack(ARGV, 5))
+end
+redis.call('HDEL', KEYS[4], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])

@@ -423,6 +423,30 @@ def test_an_abort_request_left_by_a_job_that_failed_does_not_abort_its_retry(
     assert r.hlen(KEYS.aborts("default")) == 0
 
 
+def test_a_dead_letter_purged_as_it_is_retried_leaves_its_record_as_it_was(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry wrote the job's record as "queued" before its script found the dead
+    # letter gone: a record of a job that was nowhere, "queued" for good. On one Redis
+    # the script writes the record, or nothing.
+    job = tasks.boom.push("dies")
+    taskq.Worker(app, burst=True, handle_signals=False).run()
+    assert job.status() == "failed"
+    broker = app.broker
+    assert [entry["id"] for entry in broker.dead_letters("default")] == [job.id]
+    payload = Payload("boom", ["dies"], id=job.id)
+    revive = broker._revive
+
+    def purged_first(**kwargs: object) -> object:
+        broker.purge_dead("default", [job.id])  # the purge lands just before
+        return revive(**kwargs)
+
+    monkeypatch.setattr(broker, "_revive", purged_first)
+    assert broker.revive("default", job.id, payload) == f"{job.id}: already retried or purged"
+    assert job.status() == "failed"
+    assert r.llen(KEYS.queue("default")) == 0
+
+
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
     policy = taskq.retry.RetryPolicy(retries=10, backoff=1, backoff_max=8)
     for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:
