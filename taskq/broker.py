@@ -101,8 +101,7 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
         # "done" rows go to APPLY as their values alone (see Writes.done).
         commands = w.records + w.queue_commands(done=False)
         if len(commands) == 1 and not w.done:
-            name, key, args = commands[0]
-            return [(name, key, *args)]
+            return [_raw_command(*commands[0])]
         if w.done and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
             keys: dict[str, int] = {}
             argv: list[Any] = []
@@ -131,10 +130,18 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     commands = w.commands()
     return [
         ("MULTI",),
-        *((name, key, *args) for name, key, args in commands),
+        *(_raw_command(*command) for command in commands),
         *(("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts),
         ("EXEC",),
     ]
+
+
+def _raw_command(name: str, key: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A command as sent; a count as scripts.COUNT, which starts again a count that
+    was overwritten by hand rather than fail (see scripts._COUNT)."""
+    if name == "HINCRBY":
+        return ("EVAL", scripts.COUNT, 1, key, *args)
+    return (name, key, *args)
 
 
 def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:

@@ -19,15 +19,32 @@ local function wrong(key, kind)
 end
 """
 
+# `count(hash, field, n)`: HINCRBY, but a count overwritten by hand with something
+# that is not a whole number starts again from `n` instead of failing: the script
+# would stop there, after writes it had made (a job out of a list, say), and every
+# later write that counts (every job's outcome) would fail the same way.
+_COUNT = """
+local function count(hash, field, n)
+  local ok, total = pcall(redis.call, 'HINCRBY', hash, field, n)
+  if ok then return total end
+  redis.call('HSET', hash, field, n)
+  return tonumber(n)
+end
+"""
+
+# KEYS: a hash. ARGV: a field, how much to add. HINCRBY as _COUNT does it.
+COUNT = _COUNT + "return count(KEYS[1], ARGV[1], ARGV[2])\n"
+
 # `trim(dead, dead data, stats, before)`: deletes the dead letters that died before
-# `before`, counts them in the stats' `dead_trimmed`, and returns how many.
+# `before`, counts them in the stats' `dead_trimmed`, and returns how many (needs
+# _COUNT).
 _TRIM = """
 local function trim(dead, data, stats, before)
   local old = redis.call('ZRANGEBYSCORE', dead, '-inf', '(' .. before)
   for _, id in ipairs(old) do redis.call('HDEL', data, id) end
   if #old > 0 then
     redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. before)
-    redis.call('HINCRBY', stats, 'dead_trimmed', #old)
+    count(stats, 'dead_trimmed', #old)
   end
   return #old
 end
@@ -128,6 +145,7 @@ return i
 # (Jobs that end leave the active list by LREM from its tail, where the oldest are.)
 BURY = (
     _EXPECT
+    + _COUNT
     + _TRIM
     + """
 local bad = wrong(KEYS[2], 'zset') or wrong(KEYS[4], 'hash') or wrong(KEYS[5], 'hash')
@@ -136,7 +154,7 @@ redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
 local trimmed = trim(KEYS[2], KEYS[3], KEYS[4], ARGV[5])
-redis.call('HINCRBY', KEYS[4], 'dead', 1)
+count(KEYS[4], 'dead', 1)
 redis.call('LREM', KEYS[1], -1, ARGV[1])
 return trimmed
 """
@@ -146,7 +164,8 @@ return trimmed
 # Trims the dead letters past their retention; returns how many. (A worker's
 # heartbeat runs it now and then: BURY trims too, but only when another job dies.)
 TRIM_DEAD = (
-    _TRIM
+    _COUNT
+    + _TRIM
     + """
 return trim(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 """
@@ -197,6 +216,7 @@ return {#due, nxt[2] or false}
 # 1 if requeued, 2 if dead-lettered.
 RECOVER_ONE = (
     _EXPECT
+    + _COUNT
     + """
 local bad = wrong(KEYS[2], 'list')
   or wrong(KEYS[4], 'hash')
@@ -207,13 +227,13 @@ if bad then return redis.error_reply(bad) end
 local beat = redis.call('ZSCORE', KEYS[3], ARGV[4])
 if beat and tonumber(beat) > tonumber(ARGV[5]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-redis.call('HINCRBY', KEYS[7], 'stalled', 1)
+local n = count(KEYS[4], ARGV[2], 1)
+count(KEYS[7], 'stalled', 1)
 if n > tonumber(ARGV[3]) then
   redis.call('HDEL', KEYS[4], ARGV[2])
   redis.call('HSET', KEYS[6], ARGV[2], ARGV[6])
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[2])
-  redis.call('HINCRBY', KEYS[7], 'dead', 1)
+  count(KEYS[7], 'dead', 1)
   return 2
 end
 redis.call('RPUSH', KEYS[2], ARGV[8])
@@ -227,8 +247,10 @@ return 1
 # stopping or by recovery of W, may have been run to its end by another worker before
 # this note of it. (Ended by W itself, it is back on its queue all the same: the end's
 # record was stored, taking it out of W's list was refused.)
-NOTE_UNLESS_ENDED = """
-if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'stalls', ARGV[1]) end
+NOTE_UNLESS_ENDED = (
+    _COUNT
+    + """
+if ARGV[1] ~= '0' then count(KEYS[1], 'stalls', ARGV[1]) end
 local status = redis.call('HGET', KEYS[1], 'status')
 if (status == 'done' or status == 'failed' or status == 'aborted')
     and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
@@ -237,6 +259,7 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
+)
 
 # KEYS: active of W, workers, fetched of W. ARGV: W, dead-before. Forgets a dead
 # worker whose active list is empty, and the note of its last fetch.
@@ -300,11 +323,17 @@ return 1
 # before runs): packing the arguments was a third of a batch's CPU on the worker.
 # Rows with 3 or 0 start values are written without building a table of fields:
 # ~10 % of Redis's time for a row.
-APPLY = """
+APPLY = (
+    _COUNT
+    + """
 local i, n, last = 2, 0, 1 + tonumber(ARGV[1])
 while i <= last do
   local argc = tonumber(ARGV[i + 2])
-  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
+  if ARGV[i] == 'HINCRBY' then
+    count(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 3], ARGV[i + 4])
+  else
+    redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
+  end
   i = i + 3 + argc
   n = n + 1
 end
@@ -361,6 +390,7 @@ while i <= #ARGV do
 end
 return n
 """
+)
 
 # KEYS: the job's record, its queue. ARGV: the raw job, then the record's fields and
 # values. One job pushed by itself (the usual push): its record, then the job, with

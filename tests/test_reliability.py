@@ -106,6 +106,36 @@ def test_long_job_is_not_run_twice_while_its_worker_lives(
     assert r.hget(KEYS.job(job.id), "stalls") is None
 
 
+def test_counts_overwritten_by_hand_start_again_and_stop_no_job(app: App, r: redis.Redis) -> None:
+    # HINCRBY refuses a field that is not a whole number. In a script that stopped
+    # the script after it had taken a job out of a list (recovery: the job was lost),
+    # and every later outcome with it (no job could end again).
+    stats, stalls = KEYS.stats("default"), KEYS.stalls("default")
+    r.hset(stats, mapping={"done": "many", "failed": "?", "dead": "x", "stalled": "!"})
+    ghost = tasks.add.payload((2, 2), {})[0]
+    ghost_raw = ghost.encode()
+    r.lpush(KEYS.active("default", "ghost"), ghost_raw)
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    r.hset(stalls, ghost.id, "a lot")
+    assert Recoverer(app, app.broker, 1, "me").sweep(["default"]) == 1
+    assert r.lrange(KEYS.queue("default"), 0, -1) == [Payload.next_attempt(ghost).encode()]
+    good, bad = tasks.add.push(1, 2), tasks.boom.push("dies")
+    stats_run = Worker(app, burst=True, handle_signals=False).run()
+    assert (stats_run.done, stats_run.failed, stats_run.put_back) == (2, 1, 0)
+    assert good.result(timeout=1) == 3
+    assert app.job(ghost.id).result(timeout=1) == 4
+    assert bad.status() == "failed"
+    assert r.hexists(KEYS.dead_data("default"), bad.id)
+    assert r.keys("taskq:{default}:active:*") == []
+    # Each started again from what was added: 2 done, 1 failed and dead, 1 stalled.
+    assert {k: int(r.hget(stats, k) or 0) for k in ("done", "failed", "dead", "stalled")} == {
+        "done": 2,
+        "failed": 1,
+        "dead": 1,
+        "stalled": 1,
+    }
+
+
 def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis) -> None:
     # A dead worker's active list, swept by several recoverers at the same moment.
     raws = [tasks.add.payload((i, i), {})[1] for i in range(200)]
