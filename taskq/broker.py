@@ -698,8 +698,9 @@ class Broker:
         return bool(self.client.exists(self.keys.worker(worker)))
 
     def active_jobs(self, queue: str, worker: str, limit: int = 100) -> list[bytes]:
-        """The oldest jobs in a worker's active list (the end it took first)."""
-        return list(self.client.lrange(self.keys.active(queue, worker), -limit, -1))[::-1]
+        """The newest jobs in a worker's active list, newest first: recovered in this
+        order, each to the front of its queue, they are taken again oldest first."""
+        return list(self.client.lrange(self.keys.active(queue, worker), 0, limit - 1))
 
     def recover_one(
         self,

@@ -136,6 +136,20 @@ def test_counts_overwritten_by_hand_start_again_and_stop_no_job(app: App, r: red
     }
 
 
+def test_a_dead_workers_jobs_are_taken_again_in_the_order_they_were_taken(
+    app: App, r: redis.Redis
+) -> None:
+    # Each goes back to the front of the queue: recovered oldest first, they came back
+    # newest first, ahead of the job already waiting.
+    raws = [tasks.add.payload((i, i), {})[0] for i in range(250)]  # over one page of 100
+    waiting = tasks.add.push(9, 9)
+    r.lpush(KEYS.active("default", "ghost"), *(p.encode() for p in raws))  # 0 the oldest
+    r.zadd(KEYS.workers("default"), {"ghost": 0})
+    assert Recoverer(app, app.broker, 1, "me").sweep(["default"]) == 250
+    queue = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+    assert queue[::-1] == [p.id for p in raws] + [waiting.id]  # the tail is taken first
+
+
 def test_recovery_is_exactly_once_across_racing_workers(app: App, r: redis.Redis) -> None:
     # A dead worker's active list, swept by several recoverers at the same moment.
     raws = [tasks.add.payload((i, i), {})[1] for i in range(200)]
