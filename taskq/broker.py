@@ -852,17 +852,28 @@ class Broker:
         return sorted(text(q) or "" for q in self.client.smembers(self.keys.queues()))
 
     def queue_info(self, queue: str, alive_after: float) -> dict[str, Any]:
+        """A queue's counts, and its live workers: those that beat after
+        ``alive_after`` (the viewer's timeout) or whose own timeout has not passed
+        (their description is still there), as recovery judges them."""
         k = self.keys
-        every = [text(w) or "" for w in self.client.zrange(k.workers(queue), 0, -1)]
+        every = [
+            (text(w) or "", score)
+            for w, score in self.client.zrange(k.workers(queue), 0, -1, withscores=True)
+        ]
+        late = [w for w, score in every if score < alive_after]
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.queue(queue))
         pipe.zcard(k.delayed(queue))
         pipe.zcard(k.dead(queue))
         pipe.hgetall(k.stats(queue))
-        pipe.zrangebyscore(k.workers(queue), alive_after, "+inf")
-        for w in every:
+        for w, _ in every:
             pipe.llen(k.active(queue, w))
-        queued, delayed, dead, stats, alive, *active = pipe.execute()
+        for w in late:
+            pipe.exists(k.worker(w))
+        queued, delayed, dead, stats, *rest = pipe.execute()
+        active, described = rest[: len(every)], rest[len(every) :]
+        alive = [w for w, score in every if score >= alive_after]
+        alive += [w for w, there in zip(late, described, strict=True) if there]
         counters = {text(name): int(_number(v, 0)) for name, v in stats.items()}
         return {
             "queue": queue,
@@ -874,23 +885,22 @@ class Broker:
                 c: counters.get(c, 0)
                 for c in ("done", "failed", "retried", "stalled", "dead_trimmed")
             },
-            "workers": sorted(text(w) or "" for w in alive),
+            "workers": sorted(alive),
         }
 
     def workers(self, alive_after: float) -> list[dict[str, Any]]:
-        """Live workers (heartbeat after ``alive_after``) with what they said of themselves."""
+        """Live workers (see :meth:`queue_info`) with what they said of themselves."""
         seen: dict[str, float] = {}
         for q in self.queue_names():
-            for w, score in self.client.zrangebyscore(
-                self.keys.workers(q), alive_after, "+inf", withscores=True
-            ):
+            for w, score in self.client.zrange(self.keys.workers(q), 0, -1, withscores=True):
                 name = text(w) or ""
                 seen[name] = max(score, seen.get(name, 0.0))
         now = time.time()
         out = []
         for name in sorted(seen):
             info = fields_of(self.client.hgetall(self.keys.worker(name)))
-            out.append({"id": name, "heartbeat_age": max(0.0, now - seen[name]), **info})
+            if seen[name] >= alive_after or info:  # its own timeout has not passed
+                out.append({"id": name, "heartbeat_age": max(0.0, now - seen[name]), **info})
         return out
 
     # -- the dashboard (read-only) ---------------------------------------------------

@@ -211,7 +211,13 @@ def test_a_worker_is_judged_dead_by_its_own_heartbeat_timeout_too(app: App, r: r
     hasty = Recoverer(app, broker, 1, "hasty")
     assert hasty.sweep(["default"]) == 0
     assert r.lrange(KEYS.active("default", "patient"), 0, -1) == [raw]
+    # What info, the dashboard, health and metrics show agrees.
+    alive_after = time.time() - 1
+    assert broker.queue_info("default", alive_after)["workers"] == ["patient"]
+    assert [w["id"] for w in broker.workers(alive_after)] == ["patient"]
     r.delete(KEYS.worker("patient"))  # as once its own 30 s have passed
+    assert broker.queue_info("default", alive_after)["workers"] == []
+    assert broker.workers(alive_after) == []
     assert hasty.sweep(["default"]) == 1
     assert r.llen(KEYS.queue("default")) == 1
 
