@@ -23,6 +23,7 @@ from .broker import (
     pack,
     queue_records,
     queue_status,
+    raw_command,
     raw_commands,
     reply_errors,
     text,
@@ -71,7 +72,7 @@ class AsyncBroker:
                 continue
             pipe = self.client.pipeline(transaction=False)
             for name, key, command_args in trip.commands:
-                pipe.execute_command(name, key, *command_args)
+                pipe.execute_command(*raw_command(name, key, command_args))
             for source, keys, args in trip.scripts:
                 await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()

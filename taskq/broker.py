@@ -101,7 +101,7 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
         # "done" rows go to APPLY as their values alone (see Writes.done).
         commands = w.records + w.queue_commands(done=False)
         if len(commands) == 1 and not w.done:
-            return [_raw_command(*commands[0])]
+            return [raw_command(*commands[0])]
         if w.done and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
             keys: dict[str, int] = {}
             argv: list[Any] = []
@@ -130,13 +130,13 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     commands = w.commands()
     return [
         ("MULTI",),
-        *(_raw_command(*command) for command in commands),
+        *(raw_command(*command) for command in commands),
         *(("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts),
         ("EXEC",),
     ]
 
 
-def _raw_command(name: str, key: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def raw_command(name: str, key: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A command as sent; a count as scripts.COUNT, which starts again a count that
     was overwritten by hand rather than fail (see scripts._COUNT)."""
     if name == "HINCRBY":
@@ -249,7 +249,7 @@ class Broker:
                     continue
                 pipe = self.client.pipeline(transaction=False)
                 for name, key, command_args in trip.commands:
-                    pipe.execute_command(name, key, *command_args)
+                    pipe.execute_command(*raw_command(name, key, command_args))
                 for source, keys, args in trip.scripts:
                     self._script(source)(keys=keys, args=args, client=pipe)
                 pipe.execute()
