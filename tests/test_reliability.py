@@ -136,6 +136,51 @@ def test_counts_overwritten_by_hand_start_again_and_stop_no_job(app: App, r: red
     }
 
 
+def test_counts_overwritten_by_hand_start_again_through_pipelines_too(
+    app: App, r: redis.Redis
+) -> None:
+    # A Redis Cluster, memory:// or a client subclass get a worker's writes as
+    # redis-py pipelines, not as APPLY: their counts must start again the same way.
+    import redis.asyncio as aioredis
+
+    from taskq.abroker import AsyncBroker
+
+    class Piped(redis.Redis):  # not exactly redis.Redis: the broker sends pipelines
+        pass
+
+    class APiped(aioredis.Redis):
+        pass
+
+    stats, active = KEYS.stats("default"), KEYS.active("default", "w1")
+    writes = app.broker.writes
+
+    def finish() -> tuple[Payload, Any]:
+        payload, raw = tasks.add.payload((1, 2), {})
+        r.lpush(active, raw)
+        return payload, writes.finish("default", "w1", raw, payload, Outcome("done", "3"), 1.0)
+
+    async def apply_async(w: Any) -> None:
+        broker = AsyncBroker(APiped.from_url(app.settings.redis_url), KEYS)
+        assert not broker._raw
+        try:
+            await broker.apply(w)
+        finally:
+            await broker.client.aclose()
+
+    piped = Broker(Piped.from_url(app.settings.redis_url), KEYS)
+    assert not piped._raw
+    try:
+        for apply in (piped.apply, lambda w: asyncio.run(apply_async(w))):
+            r.hset(stats, "done", "many")
+            payload, w = finish()
+            apply(w)
+            assert r.hget(stats, "done") == b"1"
+            assert r.llen(active) == 0
+            assert r.hget(KEYS.job(payload.id), "status") == b"done"
+    finally:
+        piped.close()
+
+
 def test_a_dead_workers_jobs_are_taken_again_in_the_order_they_were_taken(
     app: App, r: redis.Redis
 ) -> None:
