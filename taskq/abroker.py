@@ -137,9 +137,9 @@ class AsyncBroker:
     ) -> None:
         try:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
-                call = self.writes.push_one(queue, *jobs[0])
-                if call is not None:
-                    await self._send([call])
+                commands = self.writes.push_one(queue, *jobs[0])
+                if commands is not None:
+                    await self._send(commands)
                     return
             for start in range(0, len(jobs), PUSH_BATCH):
                 await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))

@@ -392,16 +392,6 @@ return n
 """
 )
 
-# KEYS: the job's record, its queue. ARGV: the raw job, then the record's fields and
-# values. One job pushed by itself (the usual push): its record, then the job, with
-# one reply to read; a transaction is four, and reading them cost the producer about
-# a fifth of its CPU. Nothing is written if Redis refuses the HSET (out of memory,
-# say); a queue key of another type refuses the LPUSH, as in a transaction.
-PUSH_ONE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return redis.call('LPUSH', KEYS[2], ARGV[1])
-"""
-
 # KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
 # Pushes the job unless another job holds the key; returns the id of the job that
 # holds it now (this one if it was pushed). Two producers racing make one job.

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import taskq
-from taskq import App, JobFailed, Worker, payload, scripts
+from taskq import App, JobFailed, Worker, payload
 from taskq.abroker import AsyncBroker
 from taskq.broker import PUSH_BATCH, Broker, own_connection, raw_commands
 from taskq.config import ConfigError
@@ -886,7 +886,7 @@ def test_writes_redis_refuses_change_nothing(app: App, r: redis.Redis) -> None:
             with pytest.raises(redis.ResponseError, match="maxmemory"):
                 apply()
         # Nor may a push leave a record without its job, or the reverse: the first
-        # (a transaction: it names the queue too), nor the next (one script call).
+        # (it names the queue too), nor the next (the usual push).
         for _ in range(2):
             with pytest.raises(redis.ResponseError, match="maxmemory"):
                 tasks.add.push(5, 6)
@@ -1347,13 +1347,16 @@ def test_through_redis_py_several_queues_are_waited_on_in_turn(app: App, r: redi
         broker.close()
 
 
-def test_a_push_of_one_job_is_one_call_with_one_reply(app: App, r: redis.Redis) -> None:
-    # Its record, then the job, as one script call: a transaction was four replies
-    # to read, a fifth of a one-at-a-time producer's CPU.
+def test_a_push_of_one_job_is_one_transaction_of_its_record_and_the_job(
+    app: App, r: redis.Redis
+) -> None:
+    # Its record, then the job, in one write: MULTI, HSET, LPUSH, EXEC (a script call
+    # took longer end to end).
     writes, job = app.broker.writes, tasks.add.payload((1, 2), {})
     assert writes.push_one("default", *job) is None  # the first push names the queue too
     tasks.add.push(0, 0)
-    assert (writes.push_one("default", *job) or ())[:2] == ("EVAL", scripts.PUSH_ONE)
+    commands = writes.push_one("default", *job) or []
+    assert [c[0] for c in commands] == ["MULTI", "HSET", "LPUSH", "EXEC"]
 
     async def apush() -> str:
         try:
@@ -1365,8 +1368,9 @@ def test_a_push_of_one_job_is_one_call_with_one_reply(app: App, r: redis.Redis) 
 
     pushed = [asyncio.run(apush()), tasks.add.push(1, 2).id]
     stats = r.info("commandstats")
-    assert stats["cmdstat_eval"]["calls"] == 2
-    assert "cmdstat_multi" not in stats
+    assert stats["cmdstat_multi"]["calls"] == stats["cmdstat_exec"]["calls"] == 2
+    assert stats["cmdstat_hset"]["calls"] == stats["cmdstat_lpush"]["calls"] == 2
+    assert "cmdstat_eval" not in stats
     assert [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, 1)] == [
         pushed[1],
         pushed[0],
