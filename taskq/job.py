@@ -159,8 +159,9 @@ class Job(Generic[R_co]):
 
     def abort(self) -> bool:
         """Abort the job: a queued or delayed job is removed at once; a running one is
-        cancelled by its worker within a second (a sync job cannot be interrupted: its
-        result is discarded). False if the job had already finished."""
+        cancelled by its worker within a second (a sync job cannot be interrupted: it
+        ends once its thread returns, at most 10 s later, its result discarded). False
+        if the job had already finished."""
         record = self.info()
         return self.app.broker.abort(self.id, record.queue, record.status, record.key)
 

@@ -312,10 +312,29 @@ async def asks_to_retry_without_budget() -> None:
     raise taskq.Retry(delay=0)
 
 
-@app.task(timeout=0.3)
-def too_slow_sync(name: str) -> str:
-    time.sleep(5)
+@app.task(timeout=0.2, retries=1, backoff=0.01)
+def overruns_its_timeout(name: str) -> None:
+    """Runs on past its timeout, then returns (a thread cannot be interrupted)."""
+    event(f"start:{name}")
+    time.sleep(0.6)
+    event(f"end:{name}")
+
+
+@app.task
+def waits_for_its_gate(name: str) -> str:
+    """Blocks its thread until the test pushes onto ``gate:<name>``."""
+    event(f"start:{name}")
+    with _client() as c:
+        c.blpop([f"gate:{name}"], timeout=20)
+    event(f"end:{name}")
     return name
+
+
+@app.task(timeout=0.2)
+def blocked_past_its_timeout() -> bool:
+    """Blocked in C (a lock's wait) until the test opens the gate: no interruption
+    reaches it before."""
+    return gate.wait(timeout=20)
 
 
 @app.task

@@ -114,6 +114,24 @@ def test_running_sync_job_is_recorded_aborted_and_its_result_discarded(
     assert job.status() == "aborted"
 
 
+def test_an_aborted_sync_job_ends_when_its_thread_returns(app: App, r: redis.Redis) -> None:
+    # A thread cannot be interrupted: the job is recorded aborted, and its unique key
+    # freed, once its thread has returned (before: at once, the thread running on).
+    with worker_thread(app):
+        job = tasks.waits_for_its_gate.options(key="gated").push("gated")
+        wait_event(r, "start:gated")
+        assert job.abort() is True
+        # Still its thread's: through the abort polls of the next 1.5 s, and its key.
+        with pytest.raises(taskq.ResultTimeout):
+            job.result(timeout=1.5)
+        assert job.status() == "active"
+        assert tasks.waits_for_its_gate.options(key="gated").push("again").id == job.id
+        r.rpush("gate:gated", "open")
+        with pytest.raises(taskq.JobAborted, match="Aborted while running"):
+            job.result(timeout=10)
+        assert r.lrange("events", 0, -1) == [b"end:gated"]  # returned before that
+
+
 def test_abort_from_the_cli(app: App) -> None:
     job = tasks.add.push(1, 1)
     env = {"TASKQ_REDIS_URL": app.settings.redis_url}

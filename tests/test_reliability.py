@@ -19,6 +19,7 @@ from taskq import App, Worker, scripts
 from taskq.broker import PUSH_BATCH, Broker
 from taskq.keys import Keys
 from taskq.payload import Payload
+from taskq.worker import runner
 from taskq.worker.promoter import RetryPromoter
 from taskq.worker.recovery import Recoverer
 from taskq.writes import Outcome
@@ -26,6 +27,7 @@ from taskq.writes import Outcome
 from . import tasks
 from .helpers import (
     LossyProxy,
+    as_text,
     start_worker,
     tasks_app_at,
     until_blocked,
@@ -608,14 +610,37 @@ def test_push_at_and_options_delay(app: App, r: redis.Redis) -> None:
     assert r.zcard(KEYS.delayed("default")) == 2
 
 
-def test_sync_timeout_frees_the_slot(app: App) -> None:
-    timed_out = tasks.too_slow_sync.push("x")
-    after = tasks.add.push(1, 1)
+def test_a_sync_job_past_its_timeout_ends_when_its_thread_returns(app: App, r: redis.Redis) -> None:
+    # A thread cannot be interrupted: the job fails once it has returned, so that its
+    # retry (and the next job: one slot) do not run beside it, as they did before.
+    job = tasks.overruns_its_timeout.push("over")
+    after = tasks.record.push("after")
     with worker_thread(app, concurrency=1):
-        with pytest.raises(taskq.JobFailed, match=r"timeout of 0\.3s"):
-            timed_out.result(timeout=10)
-        # The slot is free again although the thread is still sleeping.
-        assert after.result(timeout=3) == 2
+        with pytest.raises(taskq.JobFailed, match=r"timeout of 0\.2s"):
+            job.result(timeout=15)
+        assert after.result(timeout=5) == "after"
+    events = [as_text(e) for e in r.lrange("events", 0, -1)]
+    assert events == ["start:over", "end:over"] * 2  # two runs, one after the other
+    assert app.job(job.id).info().attempts == 2
+
+
+def test_a_sync_job_stuck_past_its_timeout_ends_after_a_bounded_wait(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A thread that does not return ends its job SYNC_STOP_WAIT seconds after the
+    # timeout all the same, with a warning, and the slot serves the next job.
+    monkeypatch.setattr(runner, "SYNC_STOP_WAIT", 0.2)
+    tasks.gate.clear()
+    stuck = tasks.blocked_past_its_timeout.push()
+    after = tasks.add.push(1, 1)
+    try:
+        with worker_thread(app, concurrency=1):
+            with pytest.raises(taskq.JobFailed, match=r"timeout of 0\.2s"):
+                stuck.result(timeout=10)
+            assert after.result(timeout=5) == 2
+    finally:
+        tasks.gate.set()
+    assert "its thread is still running after 0.2s more" in caplog.text
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -42,6 +42,11 @@ START_RECORD_DELAY = 0.05
 #: at once, at the cost of a loop callback a job.)
 REAP_EVERY = 1.0
 
+#: How long a sync job past its timeout, or aborted, waits for its thread (which
+#: cannot be interrupted) to return before it ends all the same, seconds: until then
+#: its retry, or the next job of its unique key, cannot run beside it.
+SYNC_STOP_WAIT = 10.0
+
 #: The outcome of every job that returns None (an Outcome is frozen: one serves all,
 #: and making one costs about a microsecond).
 _DONE_NONE = Outcome("done", result="null")
@@ -167,6 +172,8 @@ class JobRunner:
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
+        # Sync jobs' tasks waiting for their thread to return (see _wait_for_thread).
+        self._stopping: set[asyncio.Task[Any]] = set()
         # More runs of a job id already in _current: the same job twice in the queue
         # (pushed so, or put back while a copy ran on), both taken at once.
         self._twins: dict[str, list[asyncio.Task[Any]]] = {}
@@ -180,10 +187,11 @@ class JobRunner:
         """Cancel the running jobs among ``job_ids``; jobs not started yet are dropped
         when they come up. Call on the loop thread with every pending abort request."""
         self._aborting = job_ids
+        stopping = self._stopping
         for job_id in job_ids & self._current.keys():
-            self._current[job_id].cancel()
-            for twin in self._twins.get(job_id, ()):
-                twin.cancel()
+            for task in (self._current[job_id], *self._twins.get(job_id, ())):
+                if task not in stopping:
+                    task.cancel()
 
     def stop_starting(self) -> None:
         """Start no more jobs: those still waiting for a slot stay in the active list
@@ -476,7 +484,6 @@ class JobRunner:
             if payload.id not in self._aborting or not self._starting:
                 raise
             me.uncancel()
-            # A sync job's thread cannot be stopped: it runs on, its result discarded.
             return Outcome("aborted", error="Aborted while running")
         finally:
             held = current.pop(payload.id)
@@ -519,27 +526,64 @@ class JobRunner:
 
     async def _call(self, task: Task[Any, Any], payload: Payload) -> Any:
         """Call a sync task in a thread, or an async one with a timeout."""
-        if task.is_async:
-            coro = _coroutine(task, payload)
-        else:
-            bad = _bad_arguments(task, payload)  # checked here: the call is in a thread
-            if bad is not None:
-                raise bad
-            # A sync task cannot be interrupted: on timeout its thread runs on and its
-            # result is discarded; the executor grows a new thread for the next job.
-            call = functools.partial(task.fn, *payload.args, **payload.kwargs)
-            coro = self._loop.run_in_executor(self.executor, call)
-        if task.timeout is None:
-            return await coro
+        if not task.is_async:
+            return await self._call_sync(task, payload)
         try:
             async with asyncio.timeout(task.timeout) as deadline:
-                return await coro
+                return await _coroutine(task, payload)
         except TimeoutError:
             if deadline.expired():
-                raise JobTimeout(
-                    f"task {task.name!r} ran longer than its timeout of {task.timeout}s"
-                ) from None
+                raise _timed_out(task) from None
             raise
+
+    async def _call_sync(self, task: Task[Any, Any], payload: Payload) -> Any:
+        """Call a sync task in a thread of the executor. A thread cannot be
+        interrupted: at the job's timeout, or its abort, the job waits for its thread
+        to return (see _wait_for_thread), so that its retry, or the next job of its
+        unique key, does not run beside it."""
+        bad = _bad_arguments(task, payload)  # checked here: the call is in a thread
+        if bad is not None:
+            raise bad
+        call = functools.partial(task.fn, *payload.args, **payload.kwargs)
+        ran = self._loop.run_in_executor(self.executor, call)
+        ran.add_done_callback(_seen)  # its end is discarded if the job ended before it
+        try:
+            async with asyncio.timeout(task.timeout) as deadline:
+                return await asyncio.shield(ran)  # a cancellation leaves the thread be
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await self._wait_for_thread(ran, payload, "timed out")
+            raise _timed_out(task) from None
+        except asyncio.CancelledError:
+            if payload.id in self._aborting and self._starting:  # not a shutdown
+                await self._wait_for_thread(ran, payload, "was aborted")
+            raise
+
+    async def _wait_for_thread(self, ran: asyncio.Future[Any], payload: Payload, why: str) -> None:
+        """Wait up to SYNC_STOP_WAIT seconds for a sync job's thread to return; warn
+        if it runs on. The job's slot stays taken meanwhile, and its task is not
+        cancelled again (by the abort requests that come until its outcome is
+        stored): only a shutdown ends the wait early."""
+        if ran.done():
+            return
+        me = asyncio.current_task()
+        assert me is not None
+        self._stopping.add(me)
+        try:
+            await asyncio.wait([ran], timeout=SYNC_STOP_WAIT)
+        finally:
+            self._stopping.discard(me)
+        if not ran.done():
+            log.warning(
+                "job %s %s %s, and its thread is still running after %gs more: the job "
+                "ends now, and the thread runs on (its result discarded) beside whatever "
+                "runs next, a retry of it too",
+                payload.id,
+                payload.task,
+                why,
+                SYNC_STOP_WAIT,
+            )
 
     def _log(self, payload: Payload, outcome: Outcome, elapsed: float, attempt: int) -> None:
         if outcome.status == "done":
@@ -560,6 +604,16 @@ class JobRunner:
             log.warning(
                 "job %s %s failed in %.2fs: %s", payload.id, payload.task, elapsed, outcome.error
             )
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: asyncio logs one never looked at."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _timed_out(task: Task[Any, Any]) -> JobTimeout:
+    return JobTimeout(f"task {task.name!r} ran longer than its timeout of {task.timeout}s")
 
 
 def _retry_or_fail(payload: Payload, retry: Outcome) -> Outcome:
