@@ -331,6 +331,12 @@ def waits_for_its_gate(name: str) -> str:
 
 
 @app.task(timeout=0.2)
+def waits_past_its_timeout(name: str) -> str:
+    """waits_for_its_gate, with a timeout of 0.2 s."""
+    return str(waits_for_its_gate.fn(name))
+
+
+@app.task(timeout=0.2)
 def blocked_past_its_timeout() -> bool:
     """Blocked in C (a lock's wait) until the test opens the gate: no interruption
     reaches it before."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ import taskq
 from taskq import App
 from taskq.cli import main
 from taskq.keys import Keys
+from taskq.worker.runner import JobRunner
 
 from . import tasks
 from .helpers import as_text, start_worker, wait_event, worker_thread
@@ -130,6 +133,32 @@ def test_an_aborted_sync_job_ends_when_its_thread_returns(app: App, r: redis.Red
         with pytest.raises(taskq.JobAborted, match="Aborted while running"):
             job.result(timeout=10)
         assert r.lrange("events", 0, -1) == [b"end:gated"]  # returned before that
+
+
+def test_a_sync_job_aborted_while_it_waits_out_its_timeout_ends_aborted(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past its timeout, it waits for its thread to return: an abort then (which
+    # says True) makes it end aborted, not failed with the abort request dropped.
+    waiting = threading.Event()
+    wait_for_thread = JobRunner._wait_for_thread
+
+    async def noted(self: JobRunner, *args: Any) -> None:
+        waiting.set()
+        await wait_for_thread(self, *args)
+
+    monkeypatch.setattr(JobRunner, "_wait_for_thread", noted)
+    with worker_thread(app):
+        job = tasks.waits_past_its_timeout.push("late")
+        wait_event(r, "start:late")
+        assert waiting.wait(10)  # its timeout of 0.2 s has passed
+        assert job.abort() is True
+        with pytest.raises(taskq.ResultTimeout):  # through the abort polls of 1.5 s
+            job.result(timeout=1.5)
+        r.rpush("gate:late", "open")
+        with pytest.raises(taskq.JobAborted, match="Aborted while running"):
+            job.result(timeout=10)
+    assert r.hlen(KEYS.aborts("default")) == 0
 
 
 def test_abort_from_the_cli(app: App) -> None:

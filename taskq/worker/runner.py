@@ -124,6 +124,11 @@ class JobTimeout(TimeoutError):
     """A job ran past its task's ``timeout``."""
 
 
+class _AbortedMeanwhile(Exception):
+    """A sync job past its timeout was aborted while it waited for its thread: it
+    ends aborted, as the abort said it would."""
+
+
 class JobRunner:
     """Lives on the loop thread; owns that thread's Redis client (``broker``).
 
@@ -474,6 +479,8 @@ class JobRunner:
                 return Outcome(
                     "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
                 )
+            except _AbortedMeanwhile:
+                return Outcome("aborted", error="Aborted while running")
             except asyncio.CancelledError as exc:
                 if me.cancelling():
                     raise  # cancelled from outside: an abort or a shutdown
@@ -554,6 +561,8 @@ class JobRunner:
             if not deadline.expired():
                 raise
             await self._wait_for_thread(ran, payload, "timed out")
+            if payload.id in self._aborting and self._starting:  # asked while it waited
+                raise _AbortedMeanwhile from None
             raise _timed_out(task) from None
         except asyncio.CancelledError:
             if payload.id in self._aborting and self._starting:  # not a shutdown
