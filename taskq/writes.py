@@ -255,6 +255,7 @@ class Outcome:
     error: str | None = None  # "ExcType: message"
     traceback: str | None = None
     due: float | None = None  # when a retry runs
+    retry_raw: bytes | None = None  # the retry's job, if already encoded
 
 
 #: A producer adds a queue to the set of queue names (what ``taskq info`` and the
@@ -365,7 +366,7 @@ class WriteBuilder:
             fields["due_at"] = repr(outcome.due)
             w.records.append(hset(key, fields))
             w.count(k.stats(queue), "retried")
-            retry = payload.next_attempt().encode()
+            retry = outcome.retry_raw or payload.next_attempt().encode()
             w.scripts.append(
                 (
                     scripts.RETRY_LATER,

@@ -588,6 +588,29 @@ def test_burst_waits_for_an_immediate_retry_to_be_stored_and_run(app: App) -> No
     assert (stats.retried, stats.done) == (1, 1)
 
 
+def test_a_retry_is_encoded_once_and_stored_as_encoded(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner encodes the retry's job to check its size; the write stores those
+    # very bytes (it encoded them a second time before).
+    job = tasks.asks_to_retry.push("now", 0)
+    encoded: list[bytes] = []
+    encode = Payload.encode
+
+    def counted(self: Payload) -> bytes:
+        raw = encode(self)
+        if self.id == job.id:
+            encoded.append(raw)
+        return raw
+
+    monkeypatch.setattr(Payload, "encode", counted)
+    stats = burst(app)
+    assert (stats.retried, stats.done) == (1, 1)
+    assert len(encoded) == 1  # the retry's job, attempts 1
+    assert json.loads(encoded[0])["attempts"] == 1
+    assert job.result(timeout=1) == 2
+
+
 def test_a_job_raising_cancelled_error_itself_fails_and_frees_its_slot(
     app: App, r: redis.Redis
 ) -> None:

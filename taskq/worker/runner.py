@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import dataclasses
 import functools
 import logging
 import time
@@ -629,12 +630,12 @@ def _retry_or_fail(payload: Payload, retry: Outcome) -> Outcome:
     """A retry runs the job one attempt along, a payload a few bytes bigger: one that
     no longer fits the size limit fails now, rather than stay in the worker's list."""
     try:
-        payload.next_attempt().encode()
+        raw = payload.next_attempt().encode()
     except (TypeError, ValueError) as exc:
         return Outcome(
             "failed", error=f"{retry.error} (not retried: {exc})", traceback=retry.traceback
         )
-    return retry
+    return dataclasses.replace(retry, retry_raw=raw)  # encoded once, stored by finish
 
 
 def _describe(exc: BaseException) -> str:
