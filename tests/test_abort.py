@@ -143,9 +143,9 @@ def test_a_sync_job_aborted_while_it_waits_out_its_timeout_ends_aborted(
     waiting = threading.Event()
     wait_for_thread = JobRunner._wait_for_thread
 
-    async def noted(self: JobRunner, *args: Any) -> None:
+    async def noted(self: JobRunner, *args: Any) -> Any:
         waiting.set()
-        await wait_for_thread(self, *args)
+        return await wait_for_thread(self, *args)
 
     monkeypatch.setattr(JobRunner, "_wait_for_thread", noted)
     with worker_thread(app):
@@ -159,6 +159,61 @@ def test_a_sync_job_aborted_while_it_waits_out_its_timeout_ends_aborted(
         with pytest.raises(taskq.JobAborted, match="Aborted while running"):
             job.result(timeout=10)
     assert r.hlen(KEYS.aborts("default")) == 0
+
+
+@pytest.mark.parametrize(
+    "waits_out_its_timeout", [False, True], ids=["running", "waiting out its timeout"]
+)
+def test_both_copies_of_an_aborted_sync_job_end_aborted(
+    app: App, r: redis.Redis, monkeypatch: pytest.MonkeyPatch, waits_out_its_timeout: bool
+) -> None:
+    # The same job twice in the queue, both copies running, their threads returning
+    # more than an abort poll apart: the first to end clears the abort request, and
+    # the second must end aborted all the same (it was left active, or retried).
+    task = tasks.waits_past_its_timeout if waits_out_its_timeout else tasks.waits_for_its_gate
+    payload, raw = task.payload(("twin",), {})
+    waiting = threading.Semaphore(0)  # copies waiting for their thread
+    asked = threading.Event()  # the abort reached the runner
+    cleared = threading.Event()  # then it was gone, a copy's end having cleared it
+    wait_for_thread, abort = JobRunner._wait_for_thread, JobRunner.abort
+
+    async def noted(self: JobRunner, *args: Any) -> Any:
+        waiting.release()
+        return await wait_for_thread(self, *args)
+
+    def noted_abort(self: JobRunner, job_ids: set[str]) -> None:
+        if payload.id in job_ids:
+            asked.set()
+        elif asked.is_set():
+            cleared.set()
+        abort(self, job_ids)
+
+    monkeypatch.setattr(JobRunner, "_wait_for_thread", noted)
+    monkeypatch.setattr(JobRunner, "abort", noted_abort)
+    with worker_thread(app):
+        app.broker.push("default", [(payload, raw)] * 2)
+        wait_event(r, "start:twin")
+        wait_event(r, "start:twin")
+        if waits_out_its_timeout:  # both past their timeout, waiting for their thread
+            for _ in range(2):
+                assert waiting.acquire(timeout=10)
+        assert app.job(payload.id).abort() is True
+        assert asked.wait(10)
+        if not waits_out_its_timeout:  # both cancelled, waiting for their thread
+            for _ in range(2):
+                assert waiting.acquire(timeout=10)
+        r.rpush("gate:twin", "open")  # one copy's thread returns
+        wait_event(r, "end:twin")
+        assert cleared.wait(10)  # its end cleared the abort request
+        r.rpush("gate:twin", "open")  # then the other's
+        wait_event(r, "end:twin")
+        with pytest.raises(taskq.JobAborted):
+            app.job(payload.id).result(timeout=10)
+    # Stopped gracefully: nothing was left to put back, and no retry is waiting.
+    assert r.llen(KEYS.queue("default")) == 0
+    assert r.zcard(KEYS.delayed("default")) == 0
+    assert r.keys("taskq:{default}:active:*") == []
+    assert app.job(payload.id).status() == "aborted"
 
 
 def test_abort_from_the_cli(app: App) -> None:

@@ -125,9 +125,10 @@ class JobTimeout(TimeoutError):
     """A job ran past its task's ``timeout``."""
 
 
-class _AbortedMeanwhile(Exception):
-    """A sync job past its timeout was aborted while it waited for its thread: it
-    ends aborted, as the abort said it would."""
+class _Aborted(Exception):
+    """A sync job aborted, whose thread has returned (or was waited for long
+    enough): it ends aborted. Decided when the abort reached the job, not after the
+    wait: by then a twin's end may have cleared the abort request."""
 
 
 class JobRunner:
@@ -178,8 +179,10 @@ class JobRunner:
         self._starting = True
         self._aborting: set[str] = set()  # ids whose abort was asked (from Redis)
         self._current: dict[str, asyncio.Task[Any]] = {}  # running jobs by id
-        # Sync jobs' tasks waiting for their thread to return (see _wait_for_thread).
+        # Sync jobs' tasks waiting for their thread to return (see _wait_for_thread),
+        # and those of them whose abort was asked meanwhile.
         self._stopping: set[asyncio.Task[Any]] = set()
+        self._abort_asked: set[asyncio.Task[Any]] = set()
         # More runs of a job id already in _current: the same job twice in the queue
         # (pushed so, or put back while a copy ran on), both taken at once.
         self._twins: dict[str, list[asyncio.Task[Any]]] = {}
@@ -196,7 +199,9 @@ class JobRunner:
         stopping = self._stopping
         for job_id in job_ids & self._current.keys():
             for task in (self._current[job_id], *self._twins.get(job_id, ())):
-                if task not in stopping:
+                if task in stopping:
+                    self._abort_asked.add(task)
+                else:
                     task.cancel()
 
     def stop_starting(self) -> None:
@@ -480,7 +485,7 @@ class JobRunner:
                 return Outcome(
                     "failed", error=f"TypeError: bad arguments for task {task.name!r}: {exc}"
                 )
-            except _AbortedMeanwhile:
+            except _Aborted:
                 return Outcome("aborted", error="Aborted while running")
             except asyncio.CancelledError as exc:
                 if me.cancelling():
@@ -561,22 +566,25 @@ class JobRunner:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            await self._wait_for_thread(ran, payload, "timed out")
-            if payload.id in self._aborting and self._starting:  # asked while it waited
-                raise _AbortedMeanwhile from None
+            if await self._wait_for_thread(ran, payload, "timed out"):
+                raise _Aborted from None  # asked while it waited
             raise _timed_out(task) from None
         except asyncio.CancelledError:
-            if payload.id in self._aborting and self._starting:  # not a shutdown
-                await self._wait_for_thread(ran, payload, "was aborted")
-            raise
+            if payload.id not in self._aborting or not self._starting:
+                raise  # a shutdown: the job goes back to its queue
+            await self._wait_for_thread(ran, payload, "was aborted")
+            me = asyncio.current_task()
+            assert me is not None
+            me.uncancel()
+            raise _Aborted from None
 
-    async def _wait_for_thread(self, ran: asyncio.Future[Any], payload: Payload, why: str) -> None:
+    async def _wait_for_thread(self, ran: asyncio.Future[Any], payload: Payload, why: str) -> bool:
         """Wait up to SYNC_STOP_WAIT seconds for a sync job's thread to return; warn
         if it runs on. The job's slot stays taken meanwhile, and its task is not
-        cancelled again (by the abort requests that come until its outcome is
-        stored): only a shutdown ends the wait early."""
+        cancelled (by the abort requests that come until its outcome is stored): only
+        a shutdown ends the wait early. Returns whether its abort was asked meanwhile."""
         if ran.done():
-            return
+            return False
         me = asyncio.current_task()
         assert me is not None
         self._stopping.add(me)
@@ -584,6 +592,8 @@ class JobRunner:
             await asyncio.wait([ran], timeout=SYNC_STOP_WAIT)
         finally:
             self._stopping.discard(me)
+            asked = me in self._abort_asked
+            self._abort_asked.discard(me)
         if not ran.done():
             log.warning(
                 "job %s %s %s, and its thread is still running after %gs more: the job "
@@ -594,6 +604,7 @@ class JobRunner:
                 why,
                 SYNC_STOP_WAIT,
             )
+        return asked
 
     def _log(self, payload: Payload, outcome: Outcome, elapsed: float, attempt: int) -> None:
         if outcome.status == "done":
