@@ -268,20 +268,12 @@ class Broker:
         self._write(batches, retry=False)
 
     def _write(self, batches: Iterable[Writes], retry: bool) -> None:
-        conn, own = self._borrow()
-        try:
-            if retry:  # on a lost connection, as redis-py retries its own commands
-                sent = list(batches)
-                conn.retry.call_with_retry(
-                    lambda: self._send_and_read(conn, sent), lambda _error: conn.disconnect()
-                )
-            else:
-                self._send_and_read(conn, batches)
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse it as it is
-            raise
-        finally:
-            self._give_back(conn, own)
+        commands = (raw_commands(w) for w in batches)
+        if retry:
+            sent = list(commands)  # sent again whole on a lost connection
+            self._straight(lambda conn: self._send_and_read(conn, sent))
+        else:
+            self._straight(lambda conn: self._send_and_read(conn, commands), retry=False)
 
     def _borrow(self) -> tuple[Any, bool]:
         """A connection for the raw path, and whether it is the broker's own: kept
@@ -342,19 +334,11 @@ class Broker:
     def _transact(self, commands: list[tuple[Any, ...]]) -> None:
         """Send ``commands`` (a transaction) straight on a connection in one write and
         read every reply; raise the first error among them, once all are read."""
+        self._straight(lambda conn: self._send_and_read(conn, [commands]))
 
-        def once(conn: Any) -> None:
-            conn.send_packed_command(pack(conn, commands), check_health=False)
-            errors: list[Exception] = []
-            self._read_replies(conn, len(commands), errors)
-            if errors:
-                raise errors[0]
-
-        self._straight(once)
-
-    def _straight(self, once: Callable[[Any], Any]) -> Any:
-        """``once(conn)`` on a connection of the raw path, retried on a lost
-        connection as redis-py retries its own commands."""
+    def _straight(self, once: Callable[[Any], Any], retry: bool = True) -> Any:
+        """``once(conn)`` on a connection of the raw path, retried (unless not
+        ``retry``) on a lost connection as redis-py retries its own commands."""
         conn, own = self._borrow()
 
         def connected() -> Any:
@@ -362,6 +346,8 @@ class Broker:
             return once(conn)
 
         try:
+            if not retry:
+                return connected()
             return conn.retry.call_with_retry(connected, lambda _error: conn.disconnect())
         except redis.ResponseError:
             raise  # every reply was read: the connection is as good as before
@@ -372,17 +358,16 @@ class Broker:
             self._give_back(conn, own)
 
     @staticmethod
-    def _send_and_read(conn: Any, batches: Iterable[Writes]) -> None:
-        """Send each batch's commands (:func:`raw_commands`) in one write, then read
-        the replies of the batch before: Redis applies a batch while the next is
-        built, and holds the replies of two at most. A command that fails does not
-        stop those after it; the first error is raised. Straight on one connection:
-        redis-py's per-command machinery costs more than Redis takes to run a push."""
-        ensure_connected(conn)
+    def _send_and_read(conn: Any, batches: Iterable[list[tuple[Any, ...]]]) -> None:
+        """Send each batch of commands in one write, then read the replies of the
+        batch before: Redis applies a batch while the next is built, and holds the
+        replies of two at most. A command that fails does not stop those after it;
+        the first error is raised, once every reply is read. Straight on a connected
+        connection: redis-py's per-command machinery costs more than Redis takes to
+        run a push."""
         errors: list[Exception] = []
         unread = 0
-        for w in batches:
-            commands = raw_commands(w)
+        for commands in batches:
             # No health check: its PING would be answered after replies still unread.
             conn.send_packed_command(pack(conn, commands), check_health=False)
             Broker._read_replies(conn, unread, errors)

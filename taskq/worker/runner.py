@@ -204,6 +204,11 @@ class JobRunner:
                 else:
                     task.cancel()
 
+    def _is_abort(self, payload: Payload) -> bool:
+        """Whether the cancellation of this job's task is its abort (else it is a
+        shutdown's: the job goes back to its queue)."""
+        return payload.id in self._aborting and self._starting
+
     def stop_starting(self) -> None:
         """Start no more jobs: those still waiting for a slot stay in the active list
         (the master puts them back). Call on the loop thread."""
@@ -494,7 +499,7 @@ class JobRunner:
             except BaseException as exc:  # a task's SystemExit must not stop the loop thread
                 return self._failure(task, exc, running.attempt)
         except asyncio.CancelledError:
-            if payload.id not in self._aborting or not self._starting:
+            if not self._is_abort(payload):
                 raise
             me.uncancel()
             return Outcome("aborted", error="Aborted while running")
@@ -570,7 +575,7 @@ class JobRunner:
                 raise _Aborted from None  # asked while it waited
             raise _timed_out(task) from None
         except asyncio.CancelledError:
-            if payload.id not in self._aborting or not self._starting:
+            if not self._is_abort(payload):
                 raise  # a shutdown: the job goes back to its queue
             await self._wait_for_thread(ran, payload, "was aborted")
             me = asyncio.current_task()
