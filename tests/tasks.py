@@ -313,11 +313,10 @@ async def asks_to_retry_without_budget() -> None:
 
 
 @app.task(timeout=0.2, retries=1, backoff=0.01)
-def overruns_its_timeout(name: str) -> None:
-    """Runs on past its timeout, then returns (a thread cannot be interrupted)."""
-    event(f"start:{name}")
-    time.sleep(0.6)
-    event(f"end:{name}")
+def overruns_its_timeout(name: str) -> str:
+    """waits_for_its_gate, with a timeout of 0.2 s and a retry: it runs on past its
+    timeout until the test opens the gate (a thread cannot be interrupted)."""
+    return str(waits_for_its_gate.fn(name))
 
 
 @app.task
