@@ -92,9 +92,12 @@ async def raises_unprintable() -> None:
 
 @app.task
 async def where() -> dict[str, Any]:
-    """The thread the job runs in, and its event loop's package ("uvloop", "asyncio")."""
+    """The thread the job runs in, its event loop's package ("uvloop", "asyncio"), and
+    the name of its task."""
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-    return {"thread": threading.current_thread().name, "loop": loop}
+    task = asyncio.current_task()
+    assert task is not None
+    return {"thread": threading.current_thread().name, "loop": loop, "task": task.get_name()}
 
 
 #: What a job may set for its own code to read (a request id, a tracing span).

@@ -89,7 +89,8 @@ def test_master_hands_jobs_to_the_loop_thread_and_sync_jobs_to_threads(app: App)
     a = tasks.where.push()
     s = tasks.where_sync.push()
     burst(app)
-    assert a.result(timeout=5) == {"thread": "taskq-loop", "loop": "uvloop"}
+    # Each job is a task of its own, named (not "Task-N", formatted a task).
+    assert a.result(timeout=5) == {"thread": "taskq-loop", "loop": "uvloop", "task": "taskq-job"}
     assert s.result(timeout=5)["thread"].startswith("taskq-sync")
     assert threading.current_thread() is threading.main_thread()
 
@@ -101,7 +102,11 @@ def test_jobs_run_on_the_event_loop_asked_for(app: App, loop: str) -> None:
     too_slow = tasks.too_slow.push()
     stats = burst(app, loop=loop)
     assert (stats.done, stats.failed) == (3, 1)
-    assert taskq.gather(*jobs, timeout=5) == [{"thread": "taskq-loop", "loop": loop}, 5, 9]
+    assert taskq.gather(*jobs, timeout=5) == [
+        {"thread": "taskq-loop", "loop": loop, "task": "taskq-job"},
+        5,
+        9,
+    ]
     with pytest.raises(JobFailed, match=r"timeout of 0\.2s"):
         too_slow.result(timeout=5)
 
