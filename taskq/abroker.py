@@ -7,7 +7,7 @@ are built by :class:`taskq.writes.WriteBuilder`, shared with the sync broker.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
@@ -21,6 +21,7 @@ from .broker import (
     is_cluster,
     own_connection,
     pack,
+    pushed_as,
     queue_records,
     queue_status,
     raw_command,
@@ -33,6 +34,9 @@ from .connection import AsyncSentinelRedis
 from .keys import Keys
 from .payload import Payload
 from .writes import WriteBuilder, Writes, round_trips
+
+#: Tells, on a connection, whether Redis applied a write whose reply was lost.
+AsyncApplied = Callable[[Any], Awaitable[bool]]
 
 
 class AsyncBroker:
@@ -77,17 +81,32 @@ class AsyncBroker:
                 await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
-    async def _write(self, w: Writes) -> None:
-        await self._send(raw_commands(w))
+    async def _write(self, w: Writes, applied: AsyncApplied | None = None) -> None:
+        await self._send(raw_commands(w), applied)
 
-    async def _send(self, commands: list[tuple[Any, ...]]) -> None:
-        """Send ``commands`` straight on a connection and read their replies."""
+    async def _send(
+        self, commands: list[tuple[Any, ...]], applied: AsyncApplied | None = None
+    ) -> None:
+        """Send ``commands`` straight on a connection and read their replies; see
+        :meth:`taskq.broker.Broker._straight` for ``applied``."""
         conn, own = await self._borrow()
+        sent = False
+
+        async def attempt() -> None:
+            nonlocal sent
+            await _ensure_connected(conn)
+            if sent and applied is not None and await applied(conn):
+                return
+            sent = True
+            await self._send_and_read(conn, commands)
+
         try:
             # On a lost connection, as redis-py retries its own commands.
-            await conn.retry.call_with_retry(
-                lambda: self._send_and_read(conn, commands), lambda _error: conn.disconnect()
-            )
+            await conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        except (redis.ConnectionError, redis.TimeoutError):
+            if not (sent and applied is not None and await _applied_after_all(conn, applied)):
+                await conn.disconnect()  # replies may be left unread
+                raise
         except BaseException:
             await conn.disconnect()  # replies may be left unread: never reuse it as it is
             raise
@@ -99,8 +118,7 @@ class AsyncBroker:
 
     @staticmethod
     async def _send_and_read(conn: Any, commands: list[tuple[Any, ...]]) -> None:
-        """See :meth:`taskq.broker.Broker._send_and_read`."""
-        await _ensure_connected(conn)
+        """See :meth:`taskq.broker.Broker._send_and_read` (on a connected connection)."""
         await conn.send_packed_command(pack(conn, commands), check_health=False)
         errors = []
         for _ in commands:
@@ -139,16 +157,32 @@ class AsyncBroker:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
                 if commands is not None:
-                    await self._send(commands)
+                    await self._send(commands, self._pushed(jobs[0][0]))
                     return
             for start in range(0, len(jobs), PUSH_BATCH):
-                await self.apply(self.writes.push(queue, jobs[start : start + PUSH_BATCH], due))
+                chunk = jobs[start : start + PUSH_BATCH]
+                w = self.writes.push(queue, chunk, due)
+                if self._raw:  # one transaction a chunk: its first job's record tells
+                    await self._write(w, self._pushed(chunk[0][0]))
+                else:
+                    await self.apply(w)
         except redis.ResponseError:  # see Broker.push
             target, kind = self.keys.push_target(queue, due)
             with contextlib.suppress(redis.RedisError):  # the refusal is what to report
                 if wrong_type(await self.client.type(target), kind):
                     await self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
             raise
+
+    def _pushed(self, payload: Payload) -> AsyncApplied:
+        """See :meth:`taskq.broker.Broker._pushed`."""
+        key = self.keys.job(payload.id)
+
+        async def applied(conn: Any) -> bool:
+            command = pack(conn, [("HGET", key, "enqueued_at")])
+            await conn.send_packed_command(command, check_health=False)
+            return pushed_as(await conn.read_response(), payload)
+
+        return applied
 
     async def promote(self, queue: str, now: float) -> tuple[int, float | None]:
         """See :meth:`taskq.broker.Broker.promote`."""
@@ -188,6 +222,16 @@ class AsyncBroker:
         pipe = self.client.pipeline(transaction=False)
         queue_records(pipe, self.keys, job_ids)
         return [fields_of(r) for r in await pipe.execute()]
+
+
+async def _applied_after_all(conn: Any, applied: AsyncApplied) -> bool:
+    """See :func:`taskq.broker._applied_after_all`."""
+    await conn.disconnect()
+    try:
+        await _ensure_connected(conn)
+        return await applied(conn)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
 
 
 async def _pool_connection(pool: Any) -> Any:

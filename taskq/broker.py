@@ -53,6 +53,8 @@ FETCHED_MS = 86_400_000
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Tells, on a connection, whether Redis applied a write whose reply was lost.
+Applied = Callable[[Any], bool]
 
 #: This process's id, kept up to date by a fork hook: ``os.getpid()`` is a system
 #: call, and every push would make one to see whether its connection came from a parent.
@@ -158,6 +160,26 @@ def wrong_type(found: Any, kind: str) -> bool:
     A push to such a key wrote its jobs' records (a transaction runs on past a
     refused command) but queued nothing: those records are taken back."""
     return (text(found) or "none") not in ("none", kind)
+
+
+def pushed_as(enqueued_at: Any, payload: Payload) -> bool:
+    """Whether a job record's ``enqueued_at`` (as read: bytes, or None if there is no
+    record) is the one a push of ``payload`` stored: it was stored by that push, as
+    a push is one transaction (a job pushed again under its id has another time)."""
+    try:
+        return enqueued_at is not None and float(enqueued_at) == payload.enqueued_at
+    except ValueError:  # overwritten by hand: sent again rather than maybe lost
+        return False
+
+
+def _applied_after_all(conn: Any, applied: Applied) -> bool:
+    """``applied`` asked on ``conn`` made anew; False if Redis cannot be asked."""
+    conn.disconnect()
+    try:
+        ensure_connected(conn)
+        return applied(conn)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
 
 
 def reply_errors(reply: Any) -> list[Exception]:
@@ -267,11 +289,13 @@ class Broker:
             return
         self._write(batches, retry=False)
 
-    def _write(self, batches: Iterable[Writes], retry: bool) -> None:
+    def _write(
+        self, batches: Iterable[Writes], retry: bool, applied: Applied | None = None
+    ) -> None:
         commands = (raw_commands(w) for w in batches)
         if retry:
             sent = list(commands)  # sent again whole on a lost connection
-            self._straight(lambda conn: self._send_and_read(conn, sent))
+            self._straight(lambda conn: self._send_and_read(conn, sent), applied=applied)
         else:
             self._straight(lambda conn: self._send_and_read(conn, commands), retry=False)
 
@@ -331,24 +355,42 @@ class Broker:
 
         return self._straight(once)
 
-    def _transact(self, commands: list[tuple[Any, ...]]) -> None:
+    def _transact(self, commands: list[tuple[Any, ...]], applied: Applied | None = None) -> None:
         """Send ``commands`` (a transaction) straight on a connection in one write and
         read every reply; raise the first error among them, once all are read."""
-        self._straight(lambda conn: self._send_and_read(conn, [commands]))
+        self._straight(lambda conn: self._send_and_read(conn, [commands]), applied=applied)
 
-    def _straight(self, once: Callable[[Any], Any], retry: bool = True) -> Any:
+    def _straight(
+        self, once: Callable[[Any], Any], retry: bool = True, applied: Applied | None = None
+    ) -> Any:
         """``once(conn)`` on a connection of the raw path, retried (unless not
-        ``retry``) on a lost connection as redis-py retries its own commands."""
+        ``retry``) on a lost connection as redis-py retries its own commands (by
+        default, with a client made from a URL, not at all).
+
+        ``applied(conn)``, if given, tells whether Redis applied an attempt whose
+        reply was lost (the connection dropped after sending): such an attempt is not
+        sent again (a push would queue its job twice), and if it was the last one, the
+        call returns instead of raising the lost connection."""
         conn, own = self._borrow()
+        sent = False
 
         def connected() -> Any:
+            nonlocal sent
             ensure_connected(conn)
+            if sent and applied is not None and applied(conn):
+                return None
+            sent = True
             return once(conn)
 
         try:
             if not retry:
                 return connected()
-            return conn.retry.call_with_retry(connected, lambda _error: conn.disconnect())
+            try:
+                return conn.retry.call_with_retry(connected, lambda _error: conn.disconnect())
+            except (redis.ConnectionError, redis.TimeoutError):
+                if sent and applied is not None and _applied_after_all(conn, applied):
+                    return None
+                raise
         except redis.ResponseError:
             raise  # every reply was read: the connection is as good as before
         except BaseException:
@@ -393,10 +435,14 @@ class Broker:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
                 if commands is not None:
-                    self._transact(commands)
+                    self._transact(commands, applied=self._pushed(jobs[0][0]))
                     return
             if len(jobs) <= PUSH_BATCH:
-                self.apply(self.writes.push(queue, jobs, due))
+                w = self.writes.push(queue, jobs, due)
+                if self._raw:  # one transaction: the first job's record tells
+                    self._write([w], retry=True, applied=self._pushed(jobs[0][0]))
+                else:
+                    self.apply(w)
                 return
             # In slices, each sent as soon as it is built.
             self._apply_streamed(
@@ -409,6 +455,17 @@ class Broker:
                 if wrong_type(self.client.type(target), kind):
                     self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
             raise
+
+    def _pushed(self, payload: Payload) -> Applied:
+        """Whether the push that stores ``payload``'s record was applied, asked once
+        its reply was lost (see :meth:`_straight`)."""
+        key = self.keys.job(payload.id)
+
+        def applied(conn: Any) -> bool:
+            conn.send_packed_command(pack(conn, [("HGET", key, "enqueued_at")]), check_health=False)
+            return pushed_as(conn.read_response(), payload)
+
+        return applied
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

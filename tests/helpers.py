@@ -116,16 +116,18 @@ class LossyProxy:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._marker: bytes | None = None
         self._after = 0
+        self._before_redis = False
         self._sockets: set[socket.socket] = set()
         self.doomed = threading.Event()  # set once the command whose reply is lost went by
         self.lost = threading.Event()  # set once a reply was lost
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def lose_reply_to(self, marker: bytes, after: int = 0) -> None:
+    def lose_reply_to(self, marker: bytes, after: int = 0, before_redis: bool = False) -> None:
         """Cut the connection that next sends a command containing ``marker``, as
         soon as its reply starts to come back (``after`` replies of commands sent
-        with it still go through: each must come back alone)."""
-        self._marker, self._after = marker, after
+        with it still go through: each must come back alone); or, ``before_redis``,
+        as it sends the command, which Redis then never gets."""
+        self._marker, self._after, self._before_redis = marker, after, before_redis
 
     def close(self) -> None:
         """Stop accepting and cut every connection."""
@@ -161,6 +163,9 @@ class LossyProxy:
                         if marker is not None and marker in sent:
                             self._marker, doomed, passing = None, True, self._after
                             self.doomed.set()
+                            if self._before_redis:
+                                self.lost.set()
+                                return
                         server.sendall(data)
                     elif doomed and passing:
                         passing -= 1

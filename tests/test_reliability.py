@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
 
 import taskq
 from taskq import App, Worker, scripts
@@ -876,6 +879,68 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         assert not r.exists(fetched)  # an idle worker's fetches write nothing
     finally:
         broker.close()
+        proxy.close()
+
+
+@pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
+@pytest.mark.parametrize("first", [True, False], ids=["naming the queue", "named"])
+@pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many"])
+def test_a_push_whose_reply_is_lost_is_queued_once_and_does_not_raise(
+    redis_server: RedisServer, r: redis.Redis, how: str, first: bool, retries: int
+) -> None:
+    # A push is one transaction: Redis applied it, then the connection died before its
+    # reply came. Raising would have the caller push again, and sending it again (as
+    # redis-py does with a client told to retry) would queue the job twice, one id.
+    proxy = LossyProxy(redis_server.port)
+
+    def retrying(client: Any, retry: Any = RedisRetry) -> None:
+        client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
+
+    async def apush() -> list[taskq.Job[int]]:
+        try:
+            retrying(app.abroker().client, AsyncRetry)
+            if how == "apush":
+                return [await tasks.add.apush(1, 2)]
+            return await tasks.add.apush_many([(1, 2), (3, 4)])
+        finally:
+            await app.aclose()
+
+    try:
+        with tasks_app_at(proxy.url) as app:
+            retrying(app.broker.client)
+            before = [] if first else [tasks.add.push(0, 0)]  # the queue named already
+            proxy.lose_reply_to(b"EXEC")
+            if how == "push":
+                jobs = [tasks.add.push(1, 2)]
+            elif how == "push_many":
+                jobs = tasks.add.push_many([(1, 2), (3, 4)])
+            else:
+                jobs = asyncio.run(apush())
+            assert proxy.lost.is_set()
+            queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+            assert sorted(queued) == sorted(job.id for job in before + jobs)
+            Worker(app, burst=True, handle_signals=False).run()
+            assert [job.result(timeout=5) for job in jobs] == [3, 7][: len(jobs)]
+    finally:
+        proxy.close()
+
+
+def test_a_push_whose_connection_drops_before_redis_has_it_raises(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    # Not applied (the job's record is not there): the lost connection is raised, as
+    # before, and nothing is queued.
+    proxy = LossyProxy(redis_server.port)
+    try:
+        with tasks_app_at(proxy.url):
+            tasks.add.push(0, 0)
+            proxy.lose_reply_to(b"EXEC", before_redis=True)
+            with pytest.raises(redis.ConnectionError):
+                tasks.add.push(1, 2)
+            assert proxy.lost.is_set()
+            assert r.llen(KEYS.queue("default")) == 1
+            assert len(r.keys(KEYS.job("*"))) == 1
+    finally:
         proxy.close()
 
 
