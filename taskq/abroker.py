@@ -81,16 +81,21 @@ class AsyncBroker:
                 await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
-    async def _write(self, w: Writes, applied: AsyncApplied | None = None) -> None:
-        await self._send(raw_commands(w), applied)
+    async def _write(
+        self, w: Writes, applied: AsyncApplied | None = None, maybe_sent: bool = False
+    ) -> None:
+        await self._send(raw_commands(w), applied, maybe_sent)
 
     async def _send(
-        self, commands: list[tuple[Any, ...]], applied: AsyncApplied | None = None
+        self,
+        commands: list[tuple[Any, ...]],
+        applied: AsyncApplied | None = None,
+        maybe_sent: bool = False,
     ) -> None:
         """Send ``commands`` straight on a connection and read their replies; see
-        :meth:`taskq.broker.Broker._straight` for ``applied``."""
+        :meth:`taskq.broker.Broker._straight` for ``applied`` and ``maybe_sent``."""
         conn, own = await self._borrow()
-        sent = False
+        sent = maybe_sent
 
         async def attempt() -> None:
             nonlocal sent
@@ -162,10 +167,18 @@ class AsyncBroker:
             for start in range(0, len(jobs), PUSH_BATCH):
                 chunk = jobs[start : start + PUSH_BATCH]
                 w = self.writes.push(queue, chunk, due)
-                if self._raw:  # one transaction a chunk: its first job's record tells
-                    await self._write(w, self._pushed(chunk[0][0]))
-                else:
+                if not self._raw:
                     await self.apply(w)
+                    continue
+                try:  # one transaction a chunk: its first job's record tells
+                    await self._write(w, self._pushed(chunk[0][0]))
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if len(jobs) <= PUSH_BATCH:
+                        raise
+                    # Not raised with chunks already queued (see Broker._push_again):
+                    # sent again, unless Redis has it after all.
+                    w = self.writes.push(queue, chunk, due)
+                    await self._write(w, self._pushed(chunk[0][0]), maybe_sent=True)
         except redis.ResponseError:  # see Broker.push
             target, kind = self.keys.push_target(queue, due)
             with contextlib.suppress(redis.RedisError):  # the refusal is what to report

@@ -282,7 +282,7 @@ class Broker:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
         built and the replies read at the end: Redis applies one batch while the
         next is built. Not retried: batches sent before a lost connection may have
-        been applied."""
+        been applied (see :meth:`_push_again`)."""
         if not self._raw:
             for w in batches:
                 self.apply(w)
@@ -290,12 +290,18 @@ class Broker:
         self._write(batches, retry=False)
 
     def _write(
-        self, batches: Iterable[Writes], retry: bool, applied: Applied | None = None
+        self,
+        batches: Iterable[Writes],
+        retry: bool,
+        applied: Applied | None = None,
+        maybe_sent: bool = False,
     ) -> None:
         commands = (raw_commands(w) for w in batches)
         if retry:
             sent = list(commands)  # sent again whole on a lost connection
-            self._straight(lambda conn: self._send_and_read(conn, sent), applied=applied)
+            self._straight(
+                lambda conn: self._send_and_read(conn, sent), applied=applied, maybe_sent=maybe_sent
+            )
         else:
             self._straight(lambda conn: self._send_and_read(conn, commands), retry=False)
 
@@ -361,7 +367,11 @@ class Broker:
         self._straight(lambda conn: self._send_and_read(conn, [commands]), applied=applied)
 
     def _straight(
-        self, once: Callable[[Any], Any], retry: bool = True, applied: Applied | None = None
+        self,
+        once: Callable[[Any], Any],
+        retry: bool = True,
+        applied: Applied | None = None,
+        maybe_sent: bool = False,
     ) -> Any:
         """``once(conn)`` on a connection of the raw path, retried (unless not
         ``retry``) on a lost connection as redis-py retries its own commands (by
@@ -370,9 +380,11 @@ class Broker:
         ``applied(conn)``, if given, tells whether Redis applied an attempt whose
         reply was lost (the connection dropped after sending): such an attempt is not
         sent again (a push would queue its job twice), and if it was the last one, the
-        call returns instead of raising the lost connection."""
+        call returns instead of raising the lost connection. ``maybe_sent``: it may
+        have been applied before this call (sent on a connection since lost), so
+        ``applied`` is asked before the first attempt too."""
         conn, own = self._borrow()
-        sent = False
+        sent = maybe_sent
 
         def connected() -> Any:
             nonlocal sent
@@ -444,17 +456,30 @@ class Broker:
                 else:
                     self.apply(w)
                 return
-            # In slices, each sent as soon as it is built.
-            self._apply_streamed(
-                self.writes.push(queue, jobs[start : start + PUSH_BATCH], due)
-                for start in range(0, len(jobs), PUSH_BATCH)
-            )
+            parts = [jobs[start : start + PUSH_BATCH] for start in range(0, len(jobs), PUSH_BATCH)]
+            try:  # in slices, each sent as soon as it is built
+                self._apply_streamed(self.writes.push(queue, part, due) for part in parts)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if not self._raw:
+                    raise
+                self._push_again(queue, parts, due)
         except redis.ResponseError:
             target, kind = self.keys.push_target(queue, due)
             with contextlib.suppress(redis.RedisError):  # the refusal is what to report
                 if wrong_type(self.client.type(target), kind):
                     self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
             raise
+
+    def _push_again(
+        self, queue: str, parts: list[Sequence[tuple[Payload, bytes]]], due: float | None
+    ) -> None:
+        """A push in slices lost its connection: Redis may have applied any of them.
+        Each slice is one transaction, which its first job's record tells: those
+        applied are left be, the others sent again, one at a time. Raises if Redis
+        cannot be asked."""
+        for part in parts:
+            w = self.writes.push(queue, part, due)
+            self._write([w], retry=True, applied=self._pushed(part[0][0]), maybe_sent=True)
 
     def _pushed(self, payload: Payload) -> Applied:
         """Whether the push that stores ``payload``'s record was applied, asked once
