@@ -19,14 +19,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import uvloop
+from redis._parsers import _RESP3Parser
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import taskq
 from taskq import App, JobFailed, Worker, payload
+from taskq import broker as broker_module
 from taskq.abroker import AsyncBroker
-from taskq.broker import PUSH_BATCH, Broker, own_connection, raw_commands
+from taskq.broker import PUSH_BATCH, Broker, own_connection, pack, raw_commands, read_replies
 from taskq.config import ConfigError
 from taskq.keys import Keys
 from taskq.payload import Payload
@@ -859,23 +861,22 @@ def test_a_streamed_bulk_push_reads_replies_as_it_goes(
     # Read only at the end, the replies of a push of millions of jobs (a QUEUED a
     # command, then EXEC's array: ~26 kB for PUSH_BATCH jobs) would pile up in Redis.
     read = 0
-    real_read = redis.connection.Connection.read_response
+    real_read = broker_module.read_replies
 
-    def counted(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> Any:
+    def counted(conn: Any, count: int) -> list[Any]:
         nonlocal read
-        read += 1
-        return real_read(self, *args, **kwargs)
+        read += count
+        return real_read(conn, count)
 
-    monkeypatch.setattr(redis.connection.Connection, "read_response", counted)
+    monkeypatch.setattr(broker_module, "read_replies", counted)
     replies: list[int] = []  # of each batch
     unread: list[int] = []  # when each batch is built
 
     def batches() -> Iterator[Writes]:
-        before = read  # the connection's handshake
         for k in range(5):
             jobs = [tasks.add.payload((k, i), {}) for i in range(100)]
             w = app.broker.writes.push("default", jobs)
-            unread.append(sum(replies) - (read - before))
+            unread.append(sum(replies) - read)
             replies.append(len(raw_commands(w)))
             yield w
 
@@ -1059,6 +1060,106 @@ def test_a_bounded_pool_is_not_short_of_a_connection(redis_url: str) -> None:
         assert asyncio.run(apush()) == "queued"
     finally:
         bounded.close()
+
+
+@pytest.mark.parametrize(
+    "how", ["resp3", "resp2", "python parser"], ids=["hiredis resp3", "hiredis resp2", "python"]
+)
+def test_replies_read_straight_are_what_redis_py_reads(
+    redis_url: str, r: redis.Redis, how: str
+) -> None:
+    # read_replies reads hiredis's reader itself (redis-py's wrappers cost a push ~10 %
+    # of its CPU), and falls back on redis-py's read where the parser is another. The
+    # replies, errors among them (returned, not raised, in EXEC's too), are the same,
+    # and the connection stays in step.
+    kwargs: dict[str, Any] = {"protocol": 2 if how == "resp2" else 3}
+    if how == "python parser":
+        kwargs["parser_class"] = _RESP3Parser
+    client = redis.Redis.from_url(redis_url, **kwargs)
+    r.set("a-string", "x")
+    commands: list[tuple[Any, ...]] = [
+        ("PING",),
+        ("MULTI",),
+        ("INCR", "counter"),
+        ("LPUSH", "a-string", "y"),
+        ("EXEC",),
+        ("HGET", "no-such-hash", "f"),
+        ("EVAL", "return redis.error_reply('refused')", 0),
+        ("GET", "a-string"),
+    ]
+    conn = own_connection(client.connection_pool)
+    try:
+        conn.connect()
+        straight = type(conn._parser).__name__ == "_HiredisParser"
+        assert straight == (how != "python parser")
+        conn.send_packed_command(pack(conn, commands))
+        replies = read_replies(conn, len(commands))
+        assert replies[:4] == [b"PONG", b"OK", b"QUEUED", b"QUEUED"]
+        incremented, refused = replies[4]
+        assert incremented == 1
+        assert isinstance(refused, redis.ResponseError)
+        assert "WRONGTYPE" in str(refused)
+        assert replies[5] is None
+        assert isinstance(replies[6], redis.ResponseError)
+        assert "refused" in str(replies[6])
+        assert replies[7] == b"x"
+        conn.send_packed_command(pack(conn, [("ECHO", "in step")]))
+        assert read_replies(conn, 1) == [b"in step"]
+    finally:
+        conn.disconnect()
+        client.close()
+
+
+def test_a_push_frame_among_replies_read_straight_is_handed_to_redis_py(
+    redis_url: str, r: redis.Redis
+) -> None:
+    # RESP3 lets Redis send a push frame (here a client-tracking invalidation) ahead of
+    # a reply: it goes to redis-py's handler, and is not taken for the reply.
+    client = redis.Redis.from_url(redis_url, protocol=3)
+    conn = own_connection(client.connection_pool)
+    seen: list[Any] = []
+    try:
+        conn.connect()
+        conn._parser.set_invalidation_push_handler(seen.append)
+        r.set("tracked", "1")
+        conn.send_packed_command(pack(conn, [("CLIENT", "TRACKING", "ON"), ("GET", "tracked")]))
+        assert read_replies(conn, 2) == [b"OK", b"1"]
+        r.set("tracked", "2")  # Redis pushes an invalidation to conn
+        conn.send_packed_command(pack(conn, [("GET", "tracked")]))
+        assert read_replies(conn, 1) == [b"2"]
+        assert len(seen) == 1
+        assert b"tracked" in repr(seen[0]).encode()
+    finally:
+        conn.disconnect()
+        client.close()
+
+
+def test_a_connection_closed_while_replies_are_read_straight_raises_connection_error(
+    redis_url: str, r: redis.Redis
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    conn = own_connection(client.connection_pool)
+    try:
+        conn.connect()
+        conn.send_packed_command(
+            pack(
+                conn,
+                [
+                    (
+                        "CLIENT",
+                        "ID",
+                    )
+                ],
+            )
+        )
+        (client_id,) = read_replies(conn, 1)
+        r.client_kill_filter(_id=client_id)
+        conn.send_packed_command(pack(conn, [("PING",)]))
+        with pytest.raises(redis.ConnectionError):
+            read_replies(conn, 1)
+    finally:
+        conn.disconnect()
+        client.close()
 
 
 def test_a_write_whose_send_fails_is_retried_if_the_client_retries(redis_url: str) -> None:
