@@ -476,7 +476,8 @@ class Broker:
         for commands in batches:
             # No health check: its PING would be answered after replies still unread.
             conn.send_packed_command(pack(conn, commands), check_health=False)
-            Broker._read_replies(conn, unread, errors)
+            if unread:
+                Broker._read_replies(conn, unread, errors)
             unread = len(commands)
         Broker._read_replies(conn, unread, errors)
         if errors:
