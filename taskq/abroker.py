@@ -177,6 +177,7 @@ class AsyncBroker:
                         raise
                     # Not raised with chunks already queued (see Broker._push_again):
                     # sent again, unless Redis has it after all.
+                    self.writes.register_again(queue)
                     w = self.writes.push(queue, chunk, due)
                     await self._write(w, self._pushed(chunk[0][0]), maybe_sent=True)
         except redis.ResponseError:  # see Broker.push

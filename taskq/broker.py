@@ -530,6 +530,7 @@ class Broker:
         Each slice is one transaction, which its first job's record tells: those
         applied are left be, the others sent again, one at a time. Raises if Redis
         cannot be asked."""
+        self.writes.register_again(queue)
         for part in parts:
             w = self.writes.push(queue, part, due)
             self._write([w], retry=True, applied=self._pushed(part[0][0]), maybe_sent=True)

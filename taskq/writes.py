@@ -302,6 +302,11 @@ class WriteBuilder:
             w.scripts.append((scripts.REGISTER, [k.queues()], [queue]))
         return w
 
+    def register_again(self, queue: str) -> None:
+        """Name ``queue`` again with its next push: the push that named it may not have
+        been applied (its connection dropped)."""
+        self._registered.pop(queue, None)
+
     def push_one(self, queue: str, payload: Payload, raw: bytes) -> list[tuple[Any, ...]] | None:
         """One job onto ``queue`` now, as the commands of one transaction (its record,
         then the job), built straight from the payload; None if this push must also

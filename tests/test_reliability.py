@@ -927,15 +927,21 @@ def test_a_push_whose_reply_is_lost_is_queued_once_and_does_not_raise(
 
 @pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
 @pytest.mark.parametrize("before_redis", [False, True], ids=["reply lost", "command lost"])
+@pytest.mark.parametrize("first", [True, False], ids=["naming the queue", "named"])
 @pytest.mark.parametrize("how", ["push_many", "apush_many"])
 def test_a_push_in_slices_whose_connection_drops_is_queued_once(
-    redis_server: RedisServer, r: redis.Redis, retries: int, before_redis: bool, how: str
+    redis_server: RedisServer,
+    r: redis.Redis,
+    retries: int,
+    before_redis: bool,
+    how: str,
+    first: bool,
 ) -> None:
     # More jobs than one transaction takes go in slices, streamed: the connection dies
     # as the first slice's reply comes back, when Redis has that slice and maybe the
     # next (or as the first slice goes out, before Redis has any). The slices it
-    # applied are not sent again, the others are: each job is queued once, and the
-    # push returns.
+    # applied are not sent again, the others are: each job is queued once, the push
+    # returns, and the queue's name is listed (the first slice named it).
     proxy = LossyProxy(redis_server.port)
     try:
         args = [(i, 1) for i in range(2 * PUSH_BATCH + 500)]
@@ -951,13 +957,16 @@ def test_a_push_in_slices_whose_connection_drops_is_queued_once(
         with tasks_app_at(proxy.url) as app:
             pool = app.broker.client.connection_pool
             pool.connection_kwargs["retry"] = RedisRetry(NoBackoff(), retries)
-            first = tasks.add.push(0, 0)  # the queue named already
+            before = [] if first else [tasks.add.push(0, 0)]  # the queue named already
+            r.delete(KEYS.queues())
             proxy.lose_reply_to(b"EXEC", before_redis=before_redis)
             sync = how == "push_many"
             jobs = tasks.add.push_many(args) if sync else asyncio.run(apush_many())
             assert proxy.lost.is_set()
             queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
-            assert sorted(queued) == sorted(job.id for job in [first, *jobs])
+            assert sorted(queued) == sorted(job.id for job in before + jobs)
+            if first:
+                assert r.smembers(KEYS.queues()) == {b"default"}
     finally:
         proxy.close()
 
