@@ -180,6 +180,9 @@ class AsyncBroker:
                     self.writes.register_again(queue)
                     w = self.writes.push(queue, chunk, due)
                     await self._write(w, self._pushed(chunk[0][0]), maybe_sent=True)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.writes.register_again(queue)  # see Broker.push
+            raise
         except redis.ResponseError:  # see Broker.push
             target, kind = self.keys.push_target(queue, due)
             with contextlib.suppress(redis.RedisError):  # the refusal is what to report

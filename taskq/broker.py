@@ -516,6 +516,10 @@ class Broker:
                 if not self._raw:
                     raise
                 self._push_again(queue, parts, due)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Maybe not applied: the push that named the queue may be this one.
+            self.writes.register_again(queue)
+            raise
         except redis.ResponseError:
             target, kind = self.keys.push_target(queue, due)
             with contextlib.suppress(redis.RedisError):  # the refusal is what to report

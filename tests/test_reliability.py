@@ -975,17 +975,21 @@ def test_a_push_whose_connection_drops_before_redis_has_it_raises(
     redis_server: RedisServer, r: redis.Redis
 ) -> None:
     # Not applied (the job's record is not there): the lost connection is raised, as
-    # before, and nothing is queued.
+    # before, and nothing is queued. The queue's first push named it: lost, the next
+    # push names it.
     proxy = LossyProxy(redis_server.port)
     try:
         with tasks_app_at(proxy.url):
-            tasks.add.push(0, 0)
             proxy.lose_reply_to(b"EXEC", before_redis=True)
             with pytest.raises(redis.ConnectionError):
-                tasks.add.push(1, 2)
+                tasks.add.push(0, 0)
             assert proxy.lost.is_set()
+            assert not r.exists(KEYS.queue("default"), KEYS.queues())
+            assert r.keys(KEYS.job("*")) == []
+            tasks.add.push(1, 2)
             assert r.llen(KEYS.queue("default")) == 1
             assert len(r.keys(KEYS.job("*"))) == 1
+            assert r.smembers(KEYS.queues()) == {b"default"}
     finally:
         proxy.close()
 
