@@ -7,7 +7,7 @@ are built by :class:`taskq.writes.WriteBuilder`, shared with the sync broker.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -17,11 +17,11 @@ from . import scripts
 from .broker import (
     PROMOTE_BATCH,
     PUSH_BATCH,
+    Landed,
     fields_of,
     is_cluster,
     own_connection,
     pack,
-    pushed_as,
     queue_records,
     queue_status,
     raw_command,
@@ -34,9 +34,6 @@ from .connection import AsyncSentinelRedis
 from .keys import Keys
 from .payload import Payload
 from .writes import WriteBuilder, Writes, round_trips
-
-#: Tells, on a connection, whether Redis applied a write whose reply was lost.
-AsyncApplied = Callable[[Any], Awaitable[bool]]
 
 
 class AsyncBroker:
@@ -82,38 +79,48 @@ class AsyncBroker:
             await pipe.execute()
 
     async def _write(
-        self, w: Writes, applied: AsyncApplied | None = None, maybe_sent: bool = False
+        self, w: Writes, check: Landed | None = None, maybe_sent: bool = False
     ) -> None:
-        await self._send(raw_commands(w), applied, maybe_sent)
+        await self._send(raw_commands(w), check, maybe_sent)
 
     async def _send(
         self,
         commands: list[tuple[Any, ...]],
-        applied: AsyncApplied | None = None,
+        check: Landed | None = None,
         maybe_sent: bool = False,
     ) -> None:
         """Send ``commands`` straight on a connection and read their replies; see
-        :meth:`taskq.broker.Broker._straight` for ``applied`` and ``maybe_sent``."""
+        :meth:`taskq.broker.Broker._straight` for ``check`` and ``maybe_sent``."""
         conn, own = await self._borrow()
         sent = maybe_sent
+        sent_on: int | None = None  # Redis's id of the connection of the last attempt
 
         async def attempt() -> None:
-            nonlocal sent
+            nonlocal sent, sent_on
             await _ensure_connected(conn)
-            if sent and applied is not None and await applied(conn):
-                return
+            if check is not None:
+                sent_on = await _client_id(conn)
+                if sent and await _landed(conn, check):
+                    return
             sent = True
             await self._send_and_read(conn, commands)
 
+        async def dropped(_error: object = None) -> None:
+            nonlocal sent_on
+            if sent and sent_on is not None and check is not None:
+                check.lost.append(sent_on)
+            sent_on = None
+            await conn.disconnect()
+
         try:
             # On a lost connection, as redis-py retries its own commands.
-            await conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+            await conn.retry.call_with_retry(attempt, dropped)
         except (redis.ConnectionError, redis.TimeoutError):
-            if not (sent and applied is not None and await _applied_after_all(conn, applied)):
-                await conn.disconnect()  # replies may be left unread
+            if not (sent and check is not None and await _landed_after_all(conn, check)):
+                await dropped()  # replies may be left unread
                 raise
         except BaseException:
-            await conn.disconnect()  # replies may be left unread: never reuse it as it is
+            await dropped()  # replies may be left unread: never reuse it as it is
             raise
         finally:
             if own:
@@ -158,11 +165,12 @@ class AsyncBroker:
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
+        lost: list[int] = []  # see Landed
         try:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
                 if commands is not None:
-                    await self._send(commands, self._pushed(jobs[0][0]))
+                    await self._send(commands, Landed(self.keys, queue, None, jobs[0][0]))
                     return
             for start in range(0, len(jobs), PUSH_BATCH):
                 chunk = jobs[start : start + PUSH_BATCH]
@@ -170,8 +178,10 @@ class AsyncBroker:
                 if not self._raw:
                     await self.apply(w)
                     continue
-                try:  # one transaction a chunk: its first job's record tells
-                    await self._write(w, self._pushed(chunk[0][0]))
+                # One transaction a chunk: its first job's record tells.
+                check = Landed(self.keys, queue, due, chunk[0][0], lost)
+                try:
+                    await self._write(w, check)
                 except (redis.ConnectionError, redis.TimeoutError):
                     if len(jobs) <= PUSH_BATCH:
                         raise
@@ -179,7 +189,7 @@ class AsyncBroker:
                     # sent again, unless Redis has it after all.
                     self.writes.register_again(queue)
                     w = self.writes.push(queue, chunk, due)
-                    await self._write(w, self._pushed(chunk[0][0]), maybe_sent=True)
+                    await self._write(w, check, maybe_sent=True)
         except (redis.ConnectionError, redis.TimeoutError):
             self.writes.register_again(queue)  # see Broker.push
             raise
@@ -189,17 +199,6 @@ class AsyncBroker:
                 if wrong_type(await self.client.type(target), kind):
                     await self.client.delete(*(self.keys.job(payload.id) for payload, _ in jobs))
             raise
-
-    def _pushed(self, payload: Payload) -> AsyncApplied:
-        """See :meth:`taskq.broker.Broker._pushed`."""
-        key = self.keys.job(payload.id)
-
-        async def applied(conn: Any) -> bool:
-            command = pack(conn, [("HGET", key, "enqueued_at")])
-            await conn.send_packed_command(command, check_health=False)
-            return pushed_as(await conn.read_response(), payload)
-
-        return applied
 
     async def promote(self, queue: str, now: float) -> tuple[int, float | None]:
         """See :meth:`taskq.broker.Broker.promote`."""
@@ -241,12 +240,41 @@ class AsyncBroker:
         return [fields_of(r) for r in await pipe.execute()]
 
 
-async def _applied_after_all(conn: Any, applied: AsyncApplied) -> bool:
-    """See :func:`taskq.broker._applied_after_all`."""
+async def _client_id(conn: Any) -> int | None:
+    """See :func:`taskq.broker.client_id` (the token: the connection's writer)."""
+    known = getattr(conn, "_taskq_client", None)
+    if known is not None and known[0] is conn._writer:
+        cached: int | None = known[1]
+        return cached
+    await conn.send_packed_command(pack(conn, [("CLIENT", "ID")]), check_health=False)
+    try:
+        reply = await conn.read_response()
+    except redis.ResponseError:
+        reply = None
+    found = reply if isinstance(reply, int) else None
+    conn._taskq_client = (conn._writer, found)
+    return found
+
+
+async def _landed(conn: Any, check: Landed) -> bool:
+    """See :func:`taskq.broker.landed`."""
+    commands = check.commands()
+    await conn.send_packed_command(pack(conn, commands), check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return check.answer(replies)
+
+
+async def _landed_after_all(conn: Any, check: Landed) -> bool:
+    """See :func:`taskq.broker._landed_after_all`."""
     await conn.disconnect()
     try:
         await _ensure_connected(conn)
-        return await applied(conn)
+        return await _landed(conn, check)
     except (redis.ConnectionError, redis.TimeoutError):
         return False
 

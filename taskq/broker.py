@@ -58,8 +58,6 @@ FETCHED_MS = 86_400_000
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: Tells, on a connection, whether Redis applied a write whose reply was lost.
-Applied = Callable[[Any], bool]
 
 #: This process's id, kept up to date by a fork hook: ``os.getpid()`` is a system
 #: call, and every push would make one to see whether its connection came from a parent.
@@ -177,12 +175,85 @@ def pushed_as(enqueued_at: Any, payload: Payload) -> bool:
         return False
 
 
-def _applied_after_all(conn: Any, applied: Applied) -> bool:
-    """``applied`` asked on ``conn`` made anew; False if Redis cannot be asked."""
+class Landed:
+    """Asks whether a push (one transaction) whose connection was lost landed.
+
+    A lost connection is not always a lost push: Redis may have applied it and its
+    reply died on the way back, or (a timeout) it may still be on its way, held up
+    in a buffer or a proxy. So the connections it went out on are closed first, with
+    ``CLIENT KILL ID`` (Redis's ids of them are in ``lost``, filled in by the broker
+    as it loses them): what has not reached Redis then never will, and a transaction
+    that has only partly reached it is discarded. The first job's record then tells,
+    in the same round trip: the push landed whole or not at all, and if not it can
+    be sent again without queueing its jobs twice. A user that may not run
+    ``CLIENT KILL`` gets the record's answer alone, which a push still on its way
+    could still prove wrong.
+
+    The push target's type is read too: a push refused for it (WRONGTYPE) wrote its
+    records but queued nothing, and is reported as refused (the push then takes the
+    records back), not as landed."""
+
+    __slots__ = ("due", "keys", "lost", "payload", "queue")
+
+    def __init__(
+        self,
+        keys: Keys,
+        queue: str,
+        due: float | None,
+        payload: Payload,
+        lost: list[int] | None = None,
+    ) -> None:
+        # Made for every push, asked only for one whose connection was lost: kept light.
+        self.keys, self.queue, self.due, self.payload = keys, queue, due, payload
+        self.lost = [] if lost is None else lost
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        kills = [("CLIENT", "KILL", "ID", client) for client in self.lost]
+        target = self.keys.push_target(self.queue, self.due)[0]
+        return [*kills, ("TYPE", target), ("HGET", self.keys.job(self.payload.id), "enqueued_at")]
+
+    def answer(self, replies: list[Any]) -> bool:
+        """From the replies to :meth:`commands` (errors returned, not raised)."""
+        del self.lost[:]  # closed, or Redis refuses to: asking again changes nothing
+        found, enqueued_at = replies[-2:]
+        for reply in (found, enqueued_at):
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        if wrong_type(found, self.keys.push_target(self.queue, self.due)[1]):
+            raise redis.ResponseError(
+                "WRONGTYPE Operation against a key holding the wrong kind of value"
+            )
+        return pushed_as(enqueued_at, self.payload)
+
+
+def client_id(conn: Any, token: Any) -> int | None:
+    """Redis's id of ``conn``'s present connection (``token`` is its socket), asked
+    once a connection; None where Redis will not say (an ACL, say). See
+    :class:`Landed`."""
+    known = getattr(conn, "_taskq_client", None)
+    if known is not None and known[0] is token:
+        cached: int | None = known[1]
+        return cached
+    conn.send_packed_command(pack(conn, [("CLIENT", "ID")]), check_health=False)
+    reply = read_replies(conn, 1)[0]
+    found = reply if isinstance(reply, int) else None
+    conn._taskq_client = (token, found)
+    return found
+
+
+def landed(conn: Any, check: Landed) -> bool:
+    """``check`` asked on the connected ``conn``."""
+    commands = check.commands()
+    conn.send_packed_command(pack(conn, commands), check_health=False)
+    return check.answer(read_replies(conn, len(commands)))
+
+
+def _landed_after_all(conn: Any, check: Landed) -> bool:
+    """``check`` asked on ``conn`` made anew; False if Redis cannot be asked."""
     conn.disconnect()
     try:
         ensure_connected(conn)
-        return applied(conn)
+        return landed(conn, check)
     except (redis.ConnectionError, redis.TimeoutError):
         return False
 
@@ -327,32 +398,34 @@ class Broker:
             return
         self._write([w], retry=True)
 
-    def _apply_streamed(self, batches: Iterable[Writes]) -> None:
+    def _apply_streamed(self, batches: Iterable[Writes], lost: list[int] | None = None) -> None:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
         built and the replies read at the end: Redis applies one batch while the
         next is built. Not retried: batches sent before a lost connection may have
-        been applied (see :meth:`_push_again`)."""
+        been applied (see :meth:`_push_again`); Redis's id of that connection goes
+        to ``lost``."""
         if not self._raw:
             for w in batches:
                 self.apply(w)
             return
-        self._write(batches, retry=False)
+        self._write(batches, retry=False, lost=lost)
 
     def _write(
         self,
         batches: Iterable[Writes],
         retry: bool,
-        applied: Applied | None = None,
+        check: Landed | None = None,
         maybe_sent: bool = False,
+        lost: list[int] | None = None,
     ) -> None:
         commands = (raw_commands(w) for w in batches)
         if retry:
             sent = list(commands)  # sent again whole on a lost connection
             self._straight(
-                lambda conn: self._send_and_read(conn, sent), applied=applied, maybe_sent=maybe_sent
+                lambda conn: self._send_and_read(conn, sent), check=check, maybe_sent=maybe_sent
             )
         else:
-            self._straight(lambda conn: self._send_and_read(conn, commands), retry=False)
+            self._straight(lambda conn: self._send_and_read(conn, commands), False, lost=lost)
 
     def _borrow(self) -> tuple[Any, bool]:
         """A connection for the raw path, and whether it is the broker's own: kept
@@ -413,52 +486,66 @@ class Broker:
 
         return self._straight(once)
 
-    def _transact(self, commands: list[tuple[Any, ...]], applied: Applied | None = None) -> None:
+    def _transact(self, commands: list[tuple[Any, ...]], check: Landed | None = None) -> None:
         """Send ``commands`` (a transaction) straight on a connection in one write and
         read every reply; raise the first error among them, once all are read."""
-        self._straight(lambda conn: self._send_and_read(conn, [commands]), applied=applied)
+        self._straight(lambda conn: self._send_and_read(conn, [commands]), check=check)
 
     def _straight(
         self,
         once: Callable[[Any], Any],
         retry: bool = True,
-        applied: Applied | None = None,
+        check: Landed | None = None,
         maybe_sent: bool = False,
+        lost: list[int] | None = None,
     ) -> Any:
         """``once(conn)`` on a connection of the raw path, retried (unless not
         ``retry``) on a lost connection as redis-py retries its own commands (by
         default, with a client made from a URL, not at all).
 
-        ``applied(conn)``, if given, tells whether Redis applied an attempt whose
-        reply was lost (the connection dropped after sending): such an attempt is not
-        sent again (a push would queue its job twice), and if it was the last one, the
+        ``check``, if given, tells whether Redis applied an attempt whose connection
+        was lost after sending (see :class:`Landed`): such an attempt is not sent
+        again (a push would queue its job twice), and if it was the last one, the
         call returns instead of raising the lost connection. ``maybe_sent``: it may
         have been applied before this call (sent on a connection since lost), so
-        ``applied`` is asked before the first attempt too."""
+        ``check`` is asked before the first attempt too. Redis's ids of connections
+        lost after sending go to ``lost`` (``check.lost`` if there is a check)."""
         conn, own = self._borrow()
         sent = maybe_sent
+        if check is not None:
+            lost = check.lost
+        sent_on: int | None = None  # Redis's id of the connection of the last attempt
 
         def connected() -> Any:
-            nonlocal sent
+            nonlocal sent, sent_on
             ensure_connected(conn)
-            if sent and applied is not None and applied(conn):
+            if lost is not None:
+                sent_on = client_id(conn, conn._sock)
+            if sent and check is not None and landed(conn, check):
                 return None
             sent = True
             return once(conn)
+
+        def dropped(_error: object = None) -> None:
+            nonlocal sent_on
+            if sent and sent_on is not None and lost is not None:
+                lost.append(sent_on)
+            sent_on = None
+            conn.disconnect()
 
         try:
             if not retry:
                 return connected()
             try:
-                return conn.retry.call_with_retry(connected, lambda _error: conn.disconnect())
+                return conn.retry.call_with_retry(connected, dropped)
             except (redis.ConnectionError, redis.TimeoutError):
-                if sent and applied is not None and _applied_after_all(conn, applied):
+                if sent and check is not None and _landed_after_all(conn, check):
                     return None
                 raise
         except redis.ResponseError:
             raise  # every reply was read: the connection is as good as before
         except BaseException:
-            conn.disconnect()  # a reply may be left unread: never reuse it as it is
+            dropped()  # a reply may be left unread: never reuse it as it is
             raise
         finally:
             self._give_back(conn, own)
@@ -496,26 +583,28 @@ class Broker:
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
+        lost: list[int] = []  # see Landed
         try:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
                 if commands is not None:
-                    self._transact(commands, applied=self._pushed(jobs[0][0]))
+                    self._transact(commands, Landed(self.keys, queue, None, jobs[0][0]))
                     return
             if len(jobs) <= PUSH_BATCH:
                 w = self.writes.push(queue, jobs, due)
                 if self._raw:  # one transaction: the first job's record tells
-                    self._write([w], retry=True, applied=self._pushed(jobs[0][0]))
+                    check = Landed(self.keys, queue, due, jobs[0][0], lost)
+                    self._write([w], retry=True, check=check)
                 else:
                     self.apply(w)
                 return
             parts = [jobs[start : start + PUSH_BATCH] for start in range(0, len(jobs), PUSH_BATCH)]
             try:  # in slices, each sent as soon as it is built
-                self._apply_streamed(self.writes.push(queue, part, due) for part in parts)
+                self._apply_streamed((self.writes.push(queue, part, due) for part in parts), lost)
             except (redis.ConnectionError, redis.TimeoutError):
                 if not self._raw:
                     raise
-                self._push_again(queue, parts, due)
+                self._push_again(queue, parts, due, lost)
         except (redis.ConnectionError, redis.TimeoutError):
             # Maybe not applied: the push that named the queue may be this one.
             self.writes.register_again(queue)
@@ -528,7 +617,11 @@ class Broker:
             raise
 
     def _push_again(
-        self, queue: str, parts: list[Sequence[tuple[Payload, bytes]]], due: float | None
+        self,
+        queue: str,
+        parts: list[Sequence[tuple[Payload, bytes]]],
+        due: float | None,
+        lost: list[int],
     ) -> None:
         """A push in slices lost its connection: Redis may have applied any of them.
         Each slice is one transaction, which its first job's record tells: those
@@ -537,18 +630,8 @@ class Broker:
         self.writes.register_again(queue)
         for part in parts:
             w = self.writes.push(queue, part, due)
-            self._write([w], retry=True, applied=self._pushed(part[0][0]), maybe_sent=True)
-
-    def _pushed(self, payload: Payload) -> Applied:
-        """Whether the push that stores ``payload``'s record was applied, asked once
-        its reply was lost (see :meth:`_straight`)."""
-        key = self.keys.job(payload.id)
-
-        def applied(conn: Any) -> bool:
-            conn.send_packed_command(pack(conn, [("HGET", key, "enqueued_at")]), check_health=False)
-            return pushed_as(conn.read_response(), payload)
-
-        return applied
+            check = Landed(self.keys, queue, due, part[0][0], lost)
+            self._write([w], retry=True, check=check, maybe_sent=True)
 
     def push_unique(self, queue: str, payload: Payload, raw: bytes, due: float | None) -> str:
         """Push a job with a unique key unless a job holds the key; returns the id of

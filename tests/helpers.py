@@ -120,6 +120,10 @@ class LossyProxy:
         self._sockets: set[socket.socket] = set()
         self.doomed = threading.Event()  # set once the command whose reply is lost went by
         self.lost = threading.Event()  # set once a reply was lost
+        self._hold = False
+        self._released = threading.Event()
+        self.held = threading.Event()  # set once a command is held up (see hold)
+        self.delivered = threading.Event()  # set once it reached Redis, or could not
         threading.Thread(target=self._accept, daemon=True).start()
 
     def lose_reply_to(self, marker: bytes, after: int = 0, before_redis: bool = False) -> None:
@@ -128,6 +132,18 @@ class LossyProxy:
         with it still go through: each must come back alone); or, ``before_redis``,
         as it sends the command, which Redis then never gets."""
         self._marker, self._after, self._before_redis = marker, after, before_redis
+
+    def hold(self, marker: bytes) -> None:
+        """Hold up what the connection that next sends ``marker`` sends from then on,
+        until :meth:`release`: its client times out waiting for the reply and gives
+        the connection up, while what it sent is still on its way to Redis."""
+        self._marker, self._hold = marker, True
+
+    def release(self) -> None:
+        """Let what :meth:`hold` held up go on to Redis, late; :attr:`delivered` is
+        set once Redis has run it (and closed the connection at its end) or refused
+        to take it (the connection was closed)."""
+        self._released.set()
 
     def close(self) -> None:
         """Stop accepting and cut every connection."""
@@ -160,6 +176,12 @@ class LossyProxy:
                     if sock is client:
                         marker = self._marker
                         sent = sent[-len(marker) :] + data if marker else b""
+                        if marker is not None and marker in sent and self._hold:
+                            self._marker, self._hold = None, False
+                            self.held.set()
+                            self._released.wait()
+                            self._deliver_late(client, server, data)
+                            return
                         if marker is not None and marker in sent:
                             self._marker, doomed, passing = None, True, self._after
                             self.doomed.set()
@@ -181,3 +203,16 @@ class LossyProxy:
             client.close()
             server.close()
             self._sockets.difference_update((client, server))
+
+    def _deliver_late(self, client: socket.socket, server: socket.socket, data: bytes) -> None:
+        try:
+            while data:  # what was held, then what the client sent after it, to its end
+                server.sendall(data)
+                data = client.recv(65536)
+            server.shutdown(socket.SHUT_WR)
+            while server.recv(65536):  # Redis closes the connection once it ran it all
+                pass
+        except OSError:  # closed by Redis
+            pass
+        finally:
+            self.delivered.set()

@@ -14,13 +14,15 @@ from urllib.parse import quote
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import taskq
 from taskq import JobFailed
 from taskq.cli import main
 
 from . import tasks
-from .helpers import tasks_app_at, worker_thread
+from .helpers import LossyProxy, tasks_app_at, worker_thread
 from .redis_server import RedisServer
 from .test_dashboard import get, post, serve
 
@@ -142,3 +144,48 @@ def test_a_worker_on_several_queues_without_client_unblock_waits_in_turn(
         job = tasks.add.push(1, 2)
         assert job.result(timeout=5) == 3
     assert "waiting on several queues in turn: CLIENT is refused" in caplog.text
+
+
+def proxied(acl_url: str, proxy: LossyProxy) -> str:
+    """``acl_url`` through ``proxy``."""
+    return re.sub(r":\d+/", f":{proxy.port}/", acl_url)
+
+
+def test_a_push_held_up_past_its_timeout_lands_once_under_the_readme_user(
+    acl_url: str, redis_server: RedisServer, r: redis.Redis
+) -> None:
+    # The producer closes the connection a late push went out on (CLIENT KILL), as
+    # the README's user may: sent again, it is queued once, not twice.
+    proxy = LossyProxy(redis_server.port)
+    try:
+        with tasks_app_at(f"{proxied(acl_url, proxy)}?socket_timeout=0.5") as app:
+            retry = Retry(NoBackoff(), 3)
+            app.broker.client.connection_pool.connection_kwargs["retry"] = retry
+            first = tasks.add.push(0, 0)  # the queue named: the next push is one transaction
+            proxy.hold(b"EXEC")
+            job = tasks.add.push(1, 2)
+            proxy.release()
+            assert proxy.delivered.wait(10)
+        queued = [json.loads(raw)["id"] for raw in r.lrange("taskq:{default}:queue", 0, -1)]
+        assert sorted(queued) == sorted([first.id, job.id])
+    finally:
+        proxy.release()
+        proxy.close()
+
+
+def test_without_client_kill_a_push_whose_reply_is_lost_still_lands_once(
+    acl_url: str, redis_server: RedisServer, r: redis.Redis
+) -> None:
+    # Refused CLIENT KILL and CLIENT ID, the producer still asks the job's record.
+    command(r, "ACL", "SETUSER", readme_acl()[2], "-client|kill", "-client|id")
+    proxy = LossyProxy(redis_server.port)
+    try:
+        with tasks_app_at(proxied(acl_url, proxy)):
+            first = tasks.add.push(0, 0)
+            proxy.lose_reply_to(b"EXEC")
+            job = tasks.add.push(1, 2)
+            assert proxy.lost.is_set()
+        queued = [json.loads(raw)["id"] for raw in r.lrange("taskq:{default}:queue", 0, -1)]
+        assert sorted(queued) == sorted([first.id, job.id])
+    finally:
+        proxy.close()

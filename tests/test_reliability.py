@@ -971,6 +971,101 @@ def test_a_push_in_slices_whose_connection_drops_is_queued_once(
         proxy.close()
 
 
+@pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
+@pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many", "sliced", "asliced"])
+def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
+    redis_server: RedisServer, r: redis.Redis, how: str, retries: int
+) -> None:
+    # A timeout means late, not lost: the push is still on its way (held up here by a
+    # proxy) when the producer asks Redis whether it landed, and gets there after
+    # the answer. The producer closes the connection it went out on first, so it
+    # never lands: sent again, each job is queued once; not sent again (no retries,
+    # one transaction), the push raises and nothing is queued.
+    proxy = LossyProxy(redis_server.port)
+    many = 2 * PUSH_BATCH + 500 if how in ("sliced", "asliced") else 2
+    args = [(i, 1) for i in range(many)]
+
+    def retrying(client: Any, retry: Any = RedisRetry) -> None:
+        client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
+
+    async def apush() -> list[taskq.Job[int]]:
+        try:
+            retrying(app.abroker().client, AsyncRetry)
+            if how == "apush":
+                return [await tasks.add.apush(1, 2)]
+            return await tasks.add.apush_many(args)
+        finally:
+            await app.aclose()
+
+    def push() -> list[taskq.Job[int]]:
+        if how == "push":
+            return [tasks.add.push(1, 2)]
+        if how in ("push_many", "sliced"):
+            return tasks.add.push_many(args)
+        return asyncio.run(apush())
+
+    try:
+        with tasks_app_at(f"{proxy.url}?socket_timeout=0.5") as app:
+            retrying(app.broker.client)
+            before = tasks.add.push(0, 0)  # the queue named: the push is one transaction
+            proxy.hold(b"EXEC")
+            raises = retries == 0 and how not in ("sliced", "asliced")
+            if raises:
+                with pytest.raises(redis.TimeoutError):
+                    push()
+                jobs = []
+            else:
+                jobs = push()
+            assert proxy.held.is_set()
+            proxy.release()
+            assert proxy.delivered.wait(10)
+            queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+            assert sorted(queued) == sorted(job.id for job in [before, *jobs])
+    finally:
+        proxy.release()
+        proxy.close()
+
+
+@pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many"])
+def test_a_push_refused_for_its_queues_type_whose_reply_is_lost_raises_and_keeps_no_record(
+    redis_server: RedisServer, r: redis.Redis, how: str
+) -> None:
+    # Redis ran the transaction and refused its LPUSH (the queue's key is not a list),
+    # and the reply was lost: the records it wrote do not say the push landed.
+    proxy = LossyProxy(redis_server.port)
+
+    async def apush() -> None:
+        try:
+            if how == "apush":
+                await tasks.add.apush(1, 2)
+            else:
+                await tasks.add.apush_many([(1, 2), (3, 4)])
+        finally:
+            await app.aclose()
+
+    def push() -> None:
+        if how == "push":
+            tasks.add.push(1, 2)
+        elif how == "push_many":
+            tasks.add.push_many([(1, 2), (3, 4)])
+        else:
+            asyncio.run(apush())
+
+    try:
+        with tasks_app_at(proxy.url) as app:
+            tasks.add.push(0, 0)  # the queue named already: the push is one transaction
+            r.delete(KEYS.queue("default"), *r.keys(KEYS.job("*")))
+            r.set(KEYS.queue("default"), "not a list")
+            proxy.lose_reply_to(b"EXEC")
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                push()
+            assert proxy.lost.is_set()
+            assert r.keys(KEYS.job("*")) == []
+            assert r.get(KEYS.queue("default")) == b"not a list"
+    finally:
+        proxy.close()
+
+
 def test_a_push_whose_connection_drops_before_redis_has_it_raises(
     redis_server: RedisServer, r: redis.Redis
 ) -> None:
