@@ -17,7 +17,9 @@ from . import scripts
 from .broker import (
     PROMOTE_BATCH,
     PUSH_BATCH,
+    Client,
     Landed,
+    client_described,
     fields_of,
     is_cluster,
     own_connection,
@@ -93,13 +95,13 @@ class AsyncBroker:
         :meth:`taskq.broker.Broker._straight` for ``check`` and ``maybe_sent``."""
         conn, own = await self._borrow()
         sent = maybe_sent
-        sent_on: int | None = None  # Redis's id of the connection of the last attempt
+        sent_on: Client | None = None  # the connection of the last attempt
 
         async def attempt() -> None:
             nonlocal sent, sent_on
             await _ensure_connected(conn)
             if check is not None:
-                sent_on = await _client_id(conn)
+                sent_on = await _client_of(conn)
                 if sent and await _landed(conn, check):
                     return
             sent = True
@@ -165,7 +167,7 @@ class AsyncBroker:
     async def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        lost: list[int] = []  # see Landed
+        lost: list[Client] = []  # see Landed
         try:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
@@ -240,18 +242,17 @@ class AsyncBroker:
         return [fields_of(r) for r in await pipe.execute()]
 
 
-async def _client_id(conn: Any) -> int | None:
-    """See :func:`taskq.broker.client_id` (the token: the connection's writer)."""
+async def _client_of(conn: Any) -> Client | None:
+    """See :func:`taskq.broker.client_of` (the token: the connection's writer)."""
     known = getattr(conn, "_taskq_client", None)
     if known is not None and known[0] is conn._writer:
-        cached: int | None = known[1]
+        cached: Client | None = known[1]
         return cached
-    await conn.send_packed_command(pack(conn, [("CLIENT", "ID")]), check_health=False)
+    await conn.send_packed_command(pack(conn, [("CLIENT", "INFO")]), check_health=False)
     try:
-        reply = await conn.read_response()
+        found = client_described(await conn.read_response())
     except redis.ResponseError:
-        reply = None
-    found = reply if isinstance(reply, int) else None
+        found = None
     conn._taskq_client = (conn._writer, found)
     return found
 

@@ -175,17 +175,24 @@ def pushed_as(enqueued_at: Any, payload: Payload) -> bool:
         return False
 
 
+#: A connection as Redis knows it: its id, and its peer's address as Redis sees it
+#: (a client's or a proxy's). Ids start again from 1 when Redis restarts, and each
+#: server of a failover counts its own: with the address too, a connection closed to
+#: fence a lost push is never another client's.
+Client = tuple[int, str]
+
+
 class Landed:
     """Asks whether a push (one transaction) whose connection was lost landed.
 
     A lost connection is not always a lost push: Redis may have applied it and its
     reply died on the way back, or (a timeout) it may still be on its way, held up
     in a buffer or a proxy. So the connections it went out on are closed first, with
-    ``CLIENT KILL ID`` (Redis's ids of them are in ``lost``, filled in by the broker
-    as it loses them): what has not reached Redis then never will, and a transaction
-    that has only partly reached it is discarded. The first job's record then tells,
-    in the same round trip: the push landed whole or not at all, and if not it can
-    be sent again without queueing its jobs twice. A user that may not run
+    ``CLIENT KILL`` (as Redis knows them, in ``lost``, filled in by the broker as it
+    loses them): what has not reached Redis then never will, and a transaction that
+    has only partly reached it is discarded. The first job's record then tells, in
+    the same round trip: the push landed whole or not at all, and if not it can be
+    sent again without queueing its jobs twice. A user that may not run
     ``CLIENT KILL`` gets the record's answer alone, which a push still on its way
     could still prove wrong.
 
@@ -201,14 +208,14 @@ class Landed:
         queue: str,
         due: float | None,
         payload: Payload,
-        lost: list[int] | None = None,
+        lost: list[Client] | None = None,
     ) -> None:
         # Made for every push, asked only for one whose connection was lost: kept light.
         self.keys, self.queue, self.due, self.payload = keys, queue, due, payload
         self.lost = [] if lost is None else lost
 
     def commands(self) -> list[tuple[Any, ...]]:
-        kills = [("CLIENT", "KILL", "ID", client) for client in self.lost]
+        kills = [("CLIENT", "KILL", "ID", id_, "ADDR", addr) for id_, addr in self.lost]
         target = self.keys.push_target(self.queue, self.due)[0]
         return [*kills, ("TYPE", target), ("HGET", self.keys.job(self.payload.id), "enqueued_at")]
 
@@ -226,17 +233,28 @@ class Landed:
         return pushed_as(enqueued_at, self.payload)
 
 
-def client_id(conn: Any, token: Any) -> int | None:
-    """Redis's id of ``conn``'s present connection (``token`` is its socket), asked
-    once a connection; None where Redis will not say (an ACL, say). See
-    :class:`Landed`."""
+def client_described(reply: Any) -> Client | None:
+    """The :data:`Client` a ``CLIENT INFO`` reply describes; None for an error (an
+    ACL that refuses it, say) or a reply without an id and an address."""
+    if not isinstance(reply, (bytes, str)):
+        return None
+    text_ = reply.decode() if isinstance(reply, bytes) else reply
+    fields = dict(f.partition("=")[::2] for f in text_.split())
+    try:
+        return int(fields["id"]), fields["addr"]
+    except (KeyError, ValueError):
+        return None
+
+
+def client_of(conn: Any, token: Any) -> Client | None:
+    """``conn``'s present connection as Redis knows it (``token`` is its socket),
+    asked once a connection; None where Redis will not say. See :class:`Landed`."""
     known = getattr(conn, "_taskq_client", None)
     if known is not None and known[0] is token:
-        cached: int | None = known[1]
+        cached: Client | None = known[1]
         return cached
-    conn.send_packed_command(pack(conn, [("CLIENT", "ID")]), check_health=False)
-    reply = read_replies(conn, 1)[0]
-    found = reply if isinstance(reply, int) else None
+    conn.send_packed_command(pack(conn, [("CLIENT", "INFO")]), check_health=False)
+    found = client_described(read_replies(conn, 1)[0])
     conn._taskq_client = (token, found)
     return found
 
@@ -398,12 +416,11 @@ class Broker:
             return
         self._write([w], retry=True)
 
-    def _apply_streamed(self, batches: Iterable[Writes], lost: list[int] | None = None) -> None:
+    def _apply_streamed(self, batches: Iterable[Writes], lost: list[Client] | None = None) -> None:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
         built and the replies read at the end: Redis applies one batch while the
         next is built. Not retried: batches sent before a lost connection may have
-        been applied (see :meth:`_push_again`); Redis's id of that connection goes
-        to ``lost``."""
+        been applied (see :meth:`_push_again`); that connection goes to ``lost``."""
         if not self._raw:
             for w in batches:
                 self.apply(w)
@@ -416,7 +433,7 @@ class Broker:
         retry: bool,
         check: Landed | None = None,
         maybe_sent: bool = False,
-        lost: list[int] | None = None,
+        lost: list[Client] | None = None,
     ) -> None:
         commands = (raw_commands(w) for w in batches)
         if retry:
@@ -497,7 +514,7 @@ class Broker:
         retry: bool = True,
         check: Landed | None = None,
         maybe_sent: bool = False,
-        lost: list[int] | None = None,
+        lost: list[Client] | None = None,
     ) -> Any:
         """``once(conn)`` on a connection of the raw path, retried (unless not
         ``retry``) on a lost connection as redis-py retries its own commands (by
@@ -508,19 +525,19 @@ class Broker:
         again (a push would queue its job twice), and if it was the last one, the
         call returns instead of raising the lost connection. ``maybe_sent``: it may
         have been applied before this call (sent on a connection since lost), so
-        ``check`` is asked before the first attempt too. Redis's ids of connections
-        lost after sending go to ``lost`` (``check.lost`` if there is a check)."""
+        ``check`` is asked before the first attempt too. Connections lost after
+        sending go to ``lost`` (``check.lost`` if there is a check)."""
         conn, own = self._borrow()
         sent = maybe_sent
         if check is not None:
             lost = check.lost
-        sent_on: int | None = None  # Redis's id of the connection of the last attempt
+        sent_on: Client | None = None  # the connection of the last attempt
 
         def connected() -> Any:
             nonlocal sent, sent_on
             ensure_connected(conn)
             if lost is not None:
-                sent_on = client_id(conn, conn._sock)
+                sent_on = client_of(conn, conn._sock)
             if sent and check is not None and landed(conn, check):
                 return None
             sent = True
@@ -583,7 +600,7 @@ class Broker:
     def push(
         self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
     ) -> None:
-        lost: list[int] = []  # see Landed
+        lost: list[Client] = []  # see Landed
         try:
             if len(jobs) == 1 and due is None and self._raw:  # the usual push
                 commands = self.writes.push_one(queue, *jobs[0])
@@ -621,7 +638,7 @@ class Broker:
         queue: str,
         parts: list[Sequence[tuple[Payload, bytes]]],
         due: float | None,
-        lost: list[int],
+        lost: list[Client],
     ) -> None:
         """A push in slices lost its connection: Redis may have applied any of them.
         Each slice is one transaction, which its first job's record tells: those

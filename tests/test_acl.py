@@ -176,8 +176,8 @@ def test_a_push_held_up_past_its_timeout_lands_once_under_the_readme_user(
 def test_without_client_kill_a_push_whose_reply_is_lost_still_lands_once(
     acl_url: str, redis_server: RedisServer, r: redis.Redis
 ) -> None:
-    # Refused CLIENT KILL and CLIENT ID, the producer still asks the job's record.
-    command(r, "ACL", "SETUSER", readme_acl()[2], "-client|kill", "-client|id")
+    # Refused CLIENT KILL and CLIENT INFO, the producer still asks the job's record.
+    command(r, "ACL", "SETUSER", readme_acl()[2], "-client|kill", "-client|info")
     proxy = LossyProxy(redis_server.port)
     try:
         with tasks_app_at(proxied(acl_url, proxy)):

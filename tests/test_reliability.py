@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -19,7 +19,7 @@ from redis.retry import Retry as RedisRetry
 
 import taskq
 from taskq import App, Worker, scripts
-from taskq.broker import PUSH_BATCH, Broker
+from taskq.broker import PUSH_BATCH, Broker, Landed, client_described, landed
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker import runner
@@ -1024,6 +1024,28 @@ def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
     finally:
         proxy.release()
         proxy.close()
+
+
+def test_the_fence_of_a_lost_push_closes_only_the_connection_it_went_out_on(
+    app: App, r: redis.Redis
+) -> None:
+    # A restarted Redis gives ids out again from 1, and each server of a failover
+    # counts its own: the id of a connection lost with a push may be another client's
+    # by the time the push is checked. The address Redis saw tells them apart.
+    bystander = redis.Redis(connection_pool=redis.ConnectionPool.from_url(app.settings.redis_url))
+    seen = client_described(cast(Any, bystander).execute_command("CLIENT", "INFO"))
+    assert seen is not None
+    payload, _ = tasks.add.payload((1, 2), {})  # never pushed
+    conn = r.connection_pool.get_connection()
+    try:
+        other_address = (seen[0], "192.0.2.1:6000")
+        assert not landed(conn, Landed(KEYS, "default", None, payload, [other_address]))
+        assert bystander.client_id() == seen[0]  # the same connection: not closed
+        assert not landed(conn, Landed(KEYS, "default", None, payload, [seen]))
+        assert bystander.client_id() != seen[0]  # closed: redis-py connected again
+    finally:
+        r.connection_pool.release(conn)
+        bystander.close()
 
 
 @pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many"])
