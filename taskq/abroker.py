@@ -66,7 +66,7 @@ class AsyncBroker:
     async def apply(self, w: Writes) -> None:
         """Carry out ``w`` in its phase order (see :func:`taskq.writes.round_trips`)."""
         if self._raw:
-            await self._write(w)
+            await self._send(raw_commands(w, anew=True))
             return
         for trip in round_trips(w, self.cluster):
             if not trip.commands and len(trip.scripts) == 1:
@@ -75,7 +75,7 @@ class AsyncBroker:
                 continue
             pipe = self.client.pipeline(transaction=False)
             for name, key, command_args in trip.commands:
-                pipe.execute_command(*raw_command(name, key, command_args))
+                pipe.execute_command(*raw_command(name, key, command_args, anew=True))
             for source, keys, args in trip.scripts:
                 await self._script(source)(keys=keys, args=args, client=pipe)
             await pipe.execute()

@@ -91,7 +91,7 @@ def stall_key(raw: bytes) -> str:
     return peek_id(raw) or "raw-" + hashlib.sha1(raw).hexdigest()
 
 
-def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
+def raw_commands(w: Writes, anew: bool = False) -> list[tuple[Any, ...]]:
     """``w`` as the commands the brokers send straight on one connection to one
     Redis, in its phase order, all or nothing: a command Redis refuses (out of
     memory, say) must not leave a job out of its active list with its outcome
@@ -101,13 +101,17 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     which Redis runs in about half a script call's time; so do writes with scripts of
     their own, or with too many arguments for Lua. A single command goes alone.
     Scripts go as EVAL: an EVALSHA refused with NOSCRIPT would abort the
-    transaction."""
+    transaction.
+
+    ``anew`` (a worker's writes, not a push): a hash of ``w``'s overwritten by hand
+    with something else is written anew (see scripts._HSET); such writes go as APPLY,
+    or their HSETs as HSET_ANEW, never as a bare HSET."""
     if not w.scripts:
         # "done" rows go to APPLY as their values alone (see Writes.done).
         commands = w.records + w.queue_commands(done=False)
         if len(commands) == 1 and not w.done:
-            return [raw_command(*commands[0])]
-        if w.done and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
+            return [raw_command(*commands[0], anew=anew)]
+        if (w.done or anew) and all(len(args) < _LUA_MAX_ARGS for _, _, args in commands):
             keys: dict[str, int] = {}
             argv: list[Any] = []
             for name, key, args in commands:
@@ -135,17 +139,20 @@ def raw_commands(w: Writes) -> list[tuple[Any, ...]]:
     commands = w.commands()
     return [
         ("MULTI",),
-        *(raw_command(*command) for command in commands),
+        *(raw_command(*command, anew=anew) for command in commands),
         *(("EVAL", source, len(keys), *keys, *argv) for source, keys, argv in w.scripts),
         ("EXEC",),
     ]
 
 
-def raw_command(name: str, key: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def raw_command(name: str, key: str, args: tuple[Any, ...], anew: bool = False) -> tuple[Any, ...]:
     """A command as sent; a count as scripts.COUNT, which starts again a count that
-    was overwritten by hand rather than fail (see scripts._COUNT)."""
+    was overwritten by hand rather than fail (see scripts._COUNT); with ``anew``, an
+    HSET as scripts.HSET_ANEW (see :func:`raw_commands`)."""
     if name == "HINCRBY":
         return ("EVAL", scripts.COUNT, 1, key, *args)
+    if name == "HSET" and anew:
+        return ("EVAL", scripts.HSET_ANEW, 1, key, *args)
     return (name, key, *args)
 
 
@@ -409,12 +416,12 @@ class Broker:
                     continue
                 pipe = self.client.pipeline(transaction=False)
                 for name, key, command_args in trip.commands:
-                    pipe.execute_command(*raw_command(name, key, command_args))
+                    pipe.execute_command(*raw_command(name, key, command_args, anew=True))
                 for source, keys, args in trip.scripts:
                     self._script(source)(keys=keys, args=args, client=pipe)
                 pipe.execute()
             return
-        self._write([w], retry=True)
+        self._write([w], retry=True, anew=True)
 
     def _apply_streamed(self, batches: Iterable[Writes], lost: list[Client] | None = None) -> None:
         """Apply ``batches`` in order on one connection, each sent as soon as it is
@@ -434,8 +441,9 @@ class Broker:
         check: Landed | None = None,
         maybe_sent: bool = False,
         lost: list[Client] | None = None,
+        anew: bool = False,
     ) -> None:
-        commands = (raw_commands(w) for w in batches)
+        commands = (raw_commands(w, anew) for w in batches)
         if retry:
             sent = list(commands)  # sent again whole on a lost connection
             self._straight(

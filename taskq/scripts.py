@@ -20,17 +20,41 @@ end
 """
 
 # `count(hash, field, n)`: HINCRBY, but a count overwritten by hand with something
-# that is not a whole number starts again from `n` instead of failing: the script
+# that is not a whole number (or a hash with something else) starts again from `n`
+# instead of failing: the script
 # would stop there, after writes it had made (a job out of a list, say), and every
 # later write that counts (every job's outcome) would fail the same way.
 _COUNT = """
 local function count(hash, field, n)
   local ok, total = pcall(redis.call, 'HINCRBY', hash, field, n)
   if ok then return total end
+  -- Refused out of memory, the key is absent or a hash: the HSET raises that, as the
+  -- script's first write (once it has written, Redis lets it write on).
+  local t = redis.call('TYPE', hash).ok
+  if t ~= 'hash' and t ~= 'none' then redis.call('DEL', hash) end
   redis.call('HSET', hash, field, n)
   return tonumber(n)
 end
 """
+
+# `hset(key, ...)`: HSET, but a key overwritten by hand with something that is not a
+# hash (a job's record, say) is written anew instead of failing: the script would stop
+# there, and every batch of outcomes holding that job's would fail again, the jobs of
+# the batch run again and again. Any other refusal (out of memory) is raised.
+_HSET = """
+local function hset(key, ...)
+  local written = redis.pcall('HSET', key, ...)
+  if type(written) == 'table' and written.err then
+    if string.sub(written.err, 1, 9) ~= 'WRONGTYPE' then error(written) end
+    redis.call('DEL', key)
+    return redis.call('HSET', key, ...)
+  end
+  return written
+end
+"""
+
+# KEYS: a hash. ARGV: fields and values. HSET as _HSET does it.
+HSET_ANEW = _HSET + "return hset(KEYS[1], unpack(ARGV))\n"
 
 # KEYS: a hash. ARGV: a field, how much to add. HINCRBY as _COUNT does it.
 COUNT = _COUNT + "return count(KEYS[1], ARGV[1], ARGV[2])\n"
@@ -249,14 +273,15 @@ return 1
 # record was stored, taking it out of W's list was refused.)
 NOTE_UNLESS_ENDED = (
     _COUNT
+    + _HSET
     + """
 if ARGV[1] ~= '0' then count(KEYS[1], 'stalls', ARGV[1]) end
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.pcall('HGET', KEYS[1], 'status')  -- not a hash: written anew
 if (status == 'done' or status == 'failed' or status == 'aborted')
     and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+hset(KEYS[1], unpack(ARGV, 3))
 return 1
 """
 )
@@ -325,12 +350,15 @@ return 1
 # ~10 % of Redis's time for a row.
 APPLY = (
     _COUNT
+    + _HSET
     + """
 local i, n, last = 2, 0, 1 + tonumber(ARGV[1])
 while i <= last do
   local argc = tonumber(ARGV[i + 2])
   if ARGV[i] == 'HINCRBY' then
     count(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 3], ARGV[i + 4])
+  elseif ARGV[i] == 'HSET' then
+    hset(KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
   else
     redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
   end
@@ -364,10 +392,10 @@ while i <= #ARGV do
   for _ = 1, rows do
     local key, raw, result, finished = KEYS[k], ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if starts == 3 then  -- the bulk: a quick job pushed by taskq
-      call('HSET', key, 'status', 'done', 'result', result, 'finished_at', finished,
+      hset(key, 'status', 'done', 'result', result, 'finished_at', finished,
            'attempts', ARGV[i + 3], 'worker', worker, 'started_at', ARGV[i + 4])
     elseif starts == 0 then  -- its start was stored on its own
-      call('HSET', key, 'status', 'done', 'result', result, 'finished_at', finished)
+      hset(key, 'status', 'done', 'result', result, 'finished_at', finished)
     else
       local fields = {'status', 'done', 'result', result, 'finished_at', finished}
       for j = 1, starts - 2 do
@@ -378,7 +406,7 @@ while i <= #ARGV do
       fields[#fields + 1] = worker
       fields[#fields + 1] = 'started_at'
       fields[#fields + 1] = ARGV[i + width - 1]
-      call('HSET', key, unpack(fields))
+      hset(key, unpack(fields))
     end
     call('EXPIRE', key, ttl)
     if not out then call('LREM', active, -1, raw) end

@@ -185,6 +185,81 @@ def test_counts_overwritten_by_hand_start_again_through_pipelines_too(
         piped.close()
 
 
+def test_job_records_overwritten_by_hand_are_written_anew_and_hold_up_no_outcome(
+    app: App, r: redis.Redis
+) -> None:
+    # A worker stores a batch of outcomes in one script, which stopped at a record
+    # that is not a hash: every job of the batch ran again, and again.
+    jobs = [tasks.add.push(i, 1) for i in range(6)]
+    failing = tasks.boom.push("dies")
+    garbage = {jobs[1].id: "a string", jobs[4].id: ["a", "list"], failing.id: "a string"}
+    for job_id, value in garbage.items():
+        r.delete(KEYS.job(job_id))
+        if isinstance(value, str):
+            r.set(KEYS.job(job_id), value)
+        else:
+            r.rpush(KEYS.job(job_id), *value)
+    stats = Worker(app, burst=True, handle_signals=False).run()
+    assert (stats.done, stats.failed, stats.put_back) == (6, 1, 0)
+    assert [job.result(timeout=1) for job in jobs] == [1, 2, 3, 4, 5, 6]
+    assert failing.status() == "failed"
+    assert r.hexists(KEYS.dead_data("default"), failing.id)
+    assert r.keys("taskq:{default}:active:*") == []
+    assert r.llen(KEYS.queue("default")) == 0
+
+
+def test_job_records_overwritten_by_hand_are_written_anew_through_pipelines_too(
+    app: App, r: redis.Redis
+) -> None:
+    # A Redis Cluster, memory:// or a client subclass get a worker's writes as
+    # redis-py pipelines, not as APPLY; a job's start and the put-back of a job go as
+    # scripts of their own.
+    import redis.asyncio as aioredis
+
+    from taskq.abroker import AsyncBroker
+
+    class Piped(redis.Redis):
+        pass
+
+    class APiped(aioredis.Redis):
+        pass
+
+    active = KEYS.active("default", "w1")
+    writes = app.broker.writes
+
+    def overwritten() -> tuple[Payload, bytes]:
+        payload, raw = tasks.add.payload((1, 2), {})
+        r.lpush(active, raw)
+        r.set(KEYS.job(payload.id), "by hand")
+        return payload, raw
+
+    async def apply_async(w: Any) -> None:
+        broker = AsyncBroker(APiped.from_url(app.settings.redis_url), KEYS)
+        try:
+            await broker.apply(w)
+        finally:
+            await broker.client.aclose()
+
+    piped = Broker(Piped.from_url(app.settings.redis_url), KEYS)
+    try:
+        for apply in (piped.apply, lambda w: asyncio.run(apply_async(w))):
+            for outcome in (Outcome("done", "3"), Outcome("failed", error="E")):
+                payload, raw = overwritten()
+                apply(writes.finish("default", "w1", raw, payload, outcome, 1.0))
+                assert r.hget(KEYS.job(payload.id), "status") == outcome.status.encode()
+                assert r.llen(active) == 0
+            payload, _ = overwritten()
+            apply(writes.start("default", "w1", payload, 1.0))
+            assert r.hget(KEYS.job(payload.id), "worker") == b"w1"
+            r.delete(active)
+        payload, raw = overwritten()
+        assert app.broker.put_back("default", "w1") == [payload.id]
+        assert r.hget(KEYS.job(payload.id), "status") == b"queued"
+        assert r.lrange(KEYS.queue("default"), 0, -1) == [raw]
+    finally:
+        piped.close()
+
+
 def test_a_dead_workers_jobs_are_taken_again_in_the_order_they_were_taken(
     app: App, r: redis.Redis
 ) -> None:
