@@ -273,14 +273,14 @@ def landed(conn: Any, check: Landed) -> bool:
     return check.answer(read_replies(conn, len(commands)))
 
 
-def _landed_after_all(conn: Any, check: Landed) -> bool:
-    """``check`` asked on ``conn`` made anew; False if Redis cannot be asked."""
+def _landed_after_all(conn: Any, check: Landed) -> bool | None:
+    """``check`` asked on ``conn`` made anew; None if Redis cannot be asked."""
     conn.disconnect()
     try:
         ensure_connected(conn)
         return landed(conn, check)
     except (redis.ConnectionError, redis.TimeoutError):
-        return False
+        return None
 
 
 def read_replies(conn: Any, count: int) -> list[Any]:
@@ -452,26 +452,28 @@ class Broker:
         else:
             self._straight(lambda conn: self._send_and_read(conn, commands), False, lost=lost)
 
-    def _borrow(self) -> tuple[Any, bool]:
+    def _borrow(self, polled: bool = True) -> tuple[Any, bool]:
         """A connection for the raw path, and whether it is the broker's own: kept
         for whichever thread finds it free (borrowing from redis-py's pool costs
-        about as much CPU as Redis spends on a push); other threads use the pool."""
+        about as much CPU as Redis spends on a push); other threads use the pool.
+        ``polled``: see :meth:`_usable`."""
         if not self._own_lock.acquire(blocking=False):
             return self._pool_connection(), False
         try:
-            conn = self._own = self._usable(self._own)
+            conn = self._own = self._usable(self._own, polled)
         except BaseException:
             self._own_lock.release()
             raise
         return conn, True
 
-    def _usable(self, conn: Any) -> Any:
+    def _usable(self, conn: Any, polled: bool = True) -> Any:
         """``conn`` (one of the broker's own), ready for use: made anew if there is
         none yet or it was made before a fork, disconnected if Redis closed it while
-        idle (it is connected again before use)."""
+        idle (it is connected again before use), which a poll tells unless not
+        ``polled`` (see :meth:`_straight`)."""
         if conn is None or conn.pid != _pid:
             return own_connection(self.client.connection_pool)
-        if closed_while_idle(conn):
+        if polled and closed_while_idle(conn):
             conn.disconnect()
         return conn
 
@@ -534,8 +536,14 @@ class Broker:
         call returns instead of raising the lost connection. ``maybe_sent``: it may
         have been applied before this call (sent on a connection since lost), so
         ``check`` is asked before the first attempt too. Connections lost after
-        sending go to ``lost`` (``check.lost`` if there is a check)."""
-        conn, own = self._borrow()
+        sending go to ``lost`` (``check.lost`` if there is a check).
+
+        With a ``check`` (a push), the broker's own connection is not polled before
+        use to see whether Redis closed it while idle (a system call, ~5 % of a push
+        sent one at a time): if it was, the push fails on it, is found not to have
+        landed, and is sent once more on a new connection, retries or not."""
+        conn, own = self._borrow(polled=check is None)
+        reused = check is not None and own and conn._sock is not None
         sent = maybe_sent
         if check is not None:
             lost = check.lost
@@ -561,12 +569,18 @@ class Broker:
         try:
             if not retry:
                 return connected()
-            try:
-                return conn.retry.call_with_retry(connected, dropped)
-            except (redis.ConnectionError, redis.TimeoutError):
-                if sent and check is not None and _landed_after_all(conn, check):
-                    return None
-                raise
+            while True:
+                try:
+                    return conn.retry.call_with_retry(connected, dropped)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    if not (sent and check is not None):
+                        raise
+                    found = _landed_after_all(conn, check)
+                    if found:
+                        return None
+                    if not reused or found is None or isinstance(exc, redis.TimeoutError):
+                        raise
+                    reused = sent = False  # not landed (and fenced): once more, anew
         except redis.ResponseError:
             raise  # every reply was read: the connection is as good as before
         except BaseException:

@@ -1162,7 +1162,31 @@ def test_a_connection_closed_while_replies_are_read_straight_raises_connection_e
         client.close()
 
 
+@pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
+def test_a_push_on_a_connection_redis_closed_while_idle_is_sent_again_once(
+    redis_url: str, r: redis.Redis, retries: int
+) -> None:
+    # The broker's own connection is not polled before a push (a system call each):
+    # closed by Redis meanwhile (a restart, a client timeout), the push fails on it,
+    # did not land, and goes again on a new connection, retries or not.
+    broker = Broker(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), retries)))
+    jobs = [tasks.add.payload((i, i), {}) for i in range(2)]
+    try:
+        broker.push("default", jobs[:1])
+        sock = broker._own._sock
+        assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+        broker.push("default", jobs[1:])
+        assert broker._own._sock is not sock
+    finally:
+        broker.close()
+    queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
+    assert sorted(queued) == sorted(payload.id for payload, _ in jobs)
+
+
 def test_a_write_whose_send_fails_is_retried_if_the_client_retries(redis_url: str) -> None:
+    # A push on the broker's own connection, reused (not polled: it may be one Redis
+    # closed while idle), is sent once more if it did not land, retries or not; only
+    # a second failure is raised without retries.
     retrying = Broker(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1)))
     plain = Broker(redis.Redis.from_url(redis_url))
     pushed = []
@@ -1173,7 +1197,7 @@ def test_a_write_whose_send_fails_is_retried_if_the_client_retries(redis_url: st
             broker.push("default", jobs[:1])  # makes the broker's own connection
             conn = broker._own
             send = conn.send_packed_command
-            failures = [redis.ConnectionError("lost")]
+            failures = [redis.ConnectionError("lost")] * (2 if broker is plain else 1)
 
             def fail_once(
                 *args: Any, send: Any = send, failures: list[Any] = failures, **kwargs: Any
@@ -1250,8 +1274,9 @@ def test_pushes_from_many_threads_land_and_a_killed_connection_is_remade(
     assert r.exists(*(KEYS.job(i) for i in ids[::50])) == len(ids[::50])
     killed = r.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1  # the broker's connections among them
-    job = tasks.add.push(1, 1)  # the closed connection is remade before use
+    job = tasks.add.push(1, 1)  # the closed connection is remade, the push sent again
     assert r.hget(KEYS.job(job.id), "status") == b"queued"
+    assert r.llen(KEYS.queue("default")) == per_thread * threads + 1  # once
 
 
 def test_async_pushes_at_once_land_and_a_killed_connection_is_remade(
