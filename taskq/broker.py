@@ -573,9 +573,11 @@ class Broker:
                 try:
                     return conn.retry.call_with_retry(connected, dropped)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    if not (sent and check is not None):
+                    if check is None:
                         raise
-                    found = _landed_after_all(conn, check)
+                    # Not sent (it failed asking Redis's id of the connection, say):
+                    # not landed either.
+                    found = _landed_after_all(conn, check) if sent else False
                     if found:
                         return None
                     if not reused or found is None or isinstance(exc, redis.TimeoutError):

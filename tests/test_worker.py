@@ -1162,17 +1162,23 @@ def test_a_connection_closed_while_replies_are_read_straight_raises_connection_e
         client.close()
 
 
+@pytest.mark.parametrize("first", ["push", "fetch"], ids=["after a push", "after a fetch"])
 @pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
 def test_a_push_on_a_connection_redis_closed_while_idle_is_sent_again_once(
-    redis_url: str, r: redis.Redis, retries: int
+    redis_url: str, r: redis.Redis, retries: int, first: str
 ) -> None:
     # The broker's own connection is not polled before a push (a system call each):
     # closed by Redis meanwhile (a restart, a client timeout), the push fails on it,
-    # did not land, and goes again on a new connection, retries or not.
+    # did not land, and goes again on a new connection, retries or not. Used by a
+    # fetch before, the connection's id is not known yet: asking it fails first.
     broker = Broker(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), retries)))
     jobs = [tasks.add.payload((i, i), {}) for i in range(2)]
     try:
-        broker.push("default", jobs[:1])
+        if first == "push":
+            broker.push("default", jobs[:1])
+        else:
+            assert broker.fetch("default", "w1", 1) == []
+            r.lpush(KEYS.queue("default"), jobs[0][1])
         sock = broker._own._sock
         assert r.client_kill_filter(_type="normal", skipme=True) >= 1
         broker.push("default", jobs[1:])
