@@ -957,6 +957,26 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         proxy.close()
 
 
+def with_retries(client: Any, retries: int, retry: Any = RedisRetry) -> None:
+    """Have ``client``'s connections send a command again ``retries`` times on a lost
+    connection (``retry``: redis-py's sync or asyncio Retry)."""
+    client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
+
+
+async def apushed(
+    app: App, retries: int, many: list[tuple[int, int]] | None
+) -> list[taskq.Job[int]]:
+    """``add(1, 2)`` pushed with ``apush`` (``many`` None), or ``many`` with
+    ``apush_many``, by an async client retrying ``retries`` times; closed after."""
+    try:
+        with_retries(app.abroker().client, retries, AsyncRetry)
+        if many is None:
+            return [await tasks.add.apush(1, 2)]
+        return await tasks.add.apush_many(many)
+    finally:
+        await app.aclose()
+
+
 @pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
 @pytest.mark.parametrize("first", [True, False], ids=["naming the queue", "named"])
 @pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many"])
@@ -967,22 +987,9 @@ def test_a_push_whose_reply_is_lost_is_queued_once_and_does_not_raise(
     # reply came. Raising would have the caller push again, and sending it again (as
     # redis-py does with a client told to retry) would queue the job twice, one id.
     proxy = LossyProxy(redis_server.port)
-
-    def retrying(client: Any, retry: Any = RedisRetry) -> None:
-        client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
-
-    async def apush() -> list[taskq.Job[int]]:
-        try:
-            retrying(app.abroker().client, AsyncRetry)
-            if how == "apush":
-                return [await tasks.add.apush(1, 2)]
-            return await tasks.add.apush_many([(1, 2), (3, 4)])
-        finally:
-            await app.aclose()
-
     try:
         with tasks_app_at(proxy.url) as app:
-            retrying(app.broker.client)
+            with_retries(app.broker.client, retries)
             before = [] if first else [tasks.add.push(0, 0)]  # the queue named already
             proxy.lose_reply_to(b"EXEC")
             if how == "push":
@@ -990,7 +997,8 @@ def test_a_push_whose_reply_is_lost_is_queued_once_and_does_not_raise(
             elif how == "push_many":
                 jobs = tasks.add.push_many([(1, 2), (3, 4)])
             else:
-                jobs = asyncio.run(apush())
+                many = None if how == "apush" else [(1, 2), (3, 4)]
+                jobs = asyncio.run(apushed(app, retries, many))
             assert proxy.lost.is_set()
             queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
             assert sorted(queued) == sorted(job.id for job in before + jobs)
@@ -1020,23 +1028,13 @@ def test_a_push_in_slices_whose_connection_drops_is_queued_once(
     proxy = LossyProxy(redis_server.port)
     try:
         args = [(i, 1) for i in range(2 * PUSH_BATCH + 500)]
-
-        async def apush_many() -> list[taskq.Job[int]]:
-            try:
-                pool = app.abroker().client.connection_pool
-                pool.connection_kwargs["retry"] = AsyncRetry(NoBackoff(), retries)
-                return await tasks.add.apush_many(args)
-            finally:
-                await app.aclose()
-
         with tasks_app_at(proxy.url) as app:
-            pool = app.broker.client.connection_pool
-            pool.connection_kwargs["retry"] = RedisRetry(NoBackoff(), retries)
+            with_retries(app.broker.client, retries)
             before = [] if first else [tasks.add.push(0, 0)]  # the queue named already
             r.delete(KEYS.queues())
             proxy.lose_reply_to(b"EXEC", before_redis=before_redis)
             sync = how == "push_many"
-            jobs = tasks.add.push_many(args) if sync else asyncio.run(apush_many())
+            jobs = tasks.add.push_many(args) if sync else asyncio.run(apushed(app, retries, args))
             assert proxy.lost.is_set()
             queued = [json.loads(raw)["id"] for raw in r.lrange(KEYS.queue("default"), 0, -1)]
             assert sorted(queued) == sorted(job.id for job in before + jobs)
@@ -1060,28 +1058,16 @@ def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
     many = 2 * PUSH_BATCH + 500 if how in ("sliced", "asliced") else 2
     args = [(i, 1) for i in range(many)]
 
-    def retrying(client: Any, retry: Any = RedisRetry) -> None:
-        client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
-
-    async def apush() -> list[taskq.Job[int]]:
-        try:
-            retrying(app.abroker().client, AsyncRetry)
-            if how == "apush":
-                return [await tasks.add.apush(1, 2)]
-            return await tasks.add.apush_many(args)
-        finally:
-            await app.aclose()
-
     def push() -> list[taskq.Job[int]]:
         if how == "push":
             return [tasks.add.push(1, 2)]
         if how in ("push_many", "sliced"):
             return tasks.add.push_many(args)
-        return asyncio.run(apush())
+        return asyncio.run(apushed(app, retries, None if how == "apush" else args))
 
     try:
         with tasks_app_at(f"{proxy.url}?socket_timeout=0.5") as app:
-            retrying(app.broker.client)
+            with_retries(app.broker.client, retries)
             before = tasks.add.push(0, 0)  # the queue named: the push is one transaction
             proxy.hold(b"EXEC")
             raises = retries == 0 and how not in ("sliced", "asliced")
