@@ -242,15 +242,19 @@ class Landed:
 
 def client_described(reply: Any) -> Client | None:
     """The :data:`Client` a ``CLIENT INFO`` reply describes; None for an error (an
-    ACL that refuses it, say) or a reply without an id and an address."""
+    ACL that refuses it, say), a reply without an id and an address, or a connection
+    over a Unix socket: every client of the socket has its address (``path:0``), so
+    after a restart an id would tell another client's connection from none, and
+    closing it is worse than what it fences off."""
     if not isinstance(reply, (bytes, str)):
         return None
     text_ = reply.decode() if isinstance(reply, bytes) else reply
     fields = dict(f.partition("=")[::2] for f in text_.split())
     try:
-        return int(fields["id"]), fields["addr"]
+        client = int(fields["id"]), fields["addr"]
     except (KeyError, ValueError):
         return None
+    return None if client[1].endswith(":0") else client
 
 
 def client_of(conn: Any, token: Any) -> Client | None:

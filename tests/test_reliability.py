@@ -19,7 +19,7 @@ from redis.retry import Retry as RedisRetry
 
 import taskq
 from taskq import App, Worker, scripts
-from taskq.broker import PUSH_BATCH, Broker, Landed, client_described, landed
+from taskq.broker import PUSH_BATCH, Broker, Landed, client_described, client_of, landed
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker import runner
@@ -1087,13 +1087,31 @@ def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
         proxy.close()
 
 
+def test_a_connection_over_a_unix_socket_is_never_fenced(redis_server: RedisServer) -> None:
+    # Every client of a Unix socket has the same address: after a restart, the id of
+    # a connection lost with a push could name another client's, which nothing tells
+    # apart. Such a push gets the record's answer alone.
+    for url, fenced in ((redis_server.url, True), (redis_server.unix_url, False)):
+        client = redis.Redis.from_url(url)
+        conn = client.connection_pool.get_connection()
+        try:
+            found = client_of(conn, conn._sock)
+            assert (found is not None) == fenced
+            if found is not None:
+                host, port = cast(Any, conn)._sock.getsockname()
+                assert found[1] == f"{host}:{port}"
+        finally:
+            client.connection_pool.release(conn)
+            client.close()
+
+
 def test_the_fence_of_a_lost_push_closes_only_the_connection_it_went_out_on(
     app: App, r: redis.Redis
 ) -> None:
     # A restarted Redis gives ids out again from 1, and each server of a failover
     # counts its own: the id of a connection lost with a push may be another client's
     # by the time the push is checked. The address Redis saw tells them apart.
-    bystander = redis.Redis(connection_pool=redis.ConnectionPool.from_url(app.settings.redis_url))
+    bystander = redis.Redis.from_url(app.settings.redis_url)
     seen = client_described(cast(Any, bystander).execute_command("CLIENT", "INFO"))
     assert seen is not None
     payload, _ = tasks.add.payload((1, 2), {})  # never pushed
