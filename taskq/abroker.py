@@ -118,8 +118,10 @@ class AsyncBroker:
             # On a lost connection, as redis-py retries its own commands.
             await conn.retry.call_with_retry(attempt, dropped)
         except (redis.ConnectionError, redis.TimeoutError):
+            # Fenced too where the client's Retry does not handle this error.
+            await dropped()
             if not (sent and check is not None and await _landed_after_all(conn, check)):
-                await dropped()  # replies may be left unread
+                await conn.disconnect()  # replies may be left unread
                 raise
         except BaseException:
             await dropped()  # replies may be left unread: never reuse it as it is

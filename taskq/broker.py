@@ -579,6 +579,10 @@ class Broker:
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if check is None:
                         raise
+                    # The last attempt's connection is fenced too, even where the
+                    # client's Retry does not handle this error (and so never
+                    # called ``dropped``).
+                    dropped()
                     # Not sent (it failed asking Redis's id of the connection, say):
                     # not landed either.
                     found = _landed_after_all(conn, check) if sent else False

@@ -957,19 +957,24 @@ def test_a_fetch_whose_reply_is_lost_returns_its_jobs_when_sent_again(
         proxy.close()
 
 
-def with_retries(client: Any, retries: int, retry: Any = RedisRetry) -> None:
+def with_retries(
+    client: Any, retries: int, retry: Any = RedisRetry, errors: tuple[type, ...] = ()
+) -> None:
     """Have ``client``'s connections send a command again ``retries`` times on a lost
-    connection (``retry``: redis-py's sync or asyncio Retry)."""
-    client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries)
+    connection (``retry``: redis-py's sync or asyncio Retry), or only on ``errors``
+    where given."""
+    chosen = {"supported_errors": errors} if errors else {}
+    client.connection_pool.connection_kwargs["retry"] = retry(NoBackoff(), retries, **chosen)
 
 
 async def apushed(
-    app: App, retries: int, many: list[tuple[int, int]] | None
+    app: App, retries: int, many: list[tuple[int, int]] | None, errors: tuple[type, ...] = ()
 ) -> list[taskq.Job[int]]:
     """``add(1, 2)`` pushed with ``apush`` (``many`` None), or ``many`` with
-    ``apush_many``, by an async client retrying ``retries`` times; closed after."""
+    ``apush_many``, by an async client retrying ``retries`` times (on ``errors``
+    only, where given); closed after."""
     try:
-        with_retries(app.abroker().client, retries, AsyncRetry)
+        with_retries(app.abroker().client, retries, AsyncRetry, errors)
         if many is None:
             return [await tasks.add.apush(1, 2)]
         return await tasks.add.apush_many(many)
@@ -1044,16 +1049,20 @@ def test_a_push_in_slices_whose_connection_drops_is_queued_once(
         proxy.close()
 
 
-@pytest.mark.parametrize("retries", [0, 3], ids=["not retried", "retried"])
+@pytest.mark.parametrize(
+    ("retries", "errors"),
+    [(0, ()), (3, ()), (3, (redis.ConnectionError,))],
+    ids=["not retried", "retried", "retried on a closed connection only"],
+)
 @pytest.mark.parametrize("how", ["push", "push_many", "apush", "apush_many", "sliced", "asliced"])
 def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
-    redis_server: RedisServer, r: redis.Redis, how: str, retries: int
+    redis_server: RedisServer, r: redis.Redis, how: str, retries: int, errors: tuple[type, ...]
 ) -> None:
     # A timeout means late, not lost: the push is still on its way (held up here by a
     # proxy) when the producer asks Redis whether it landed, and gets there after
     # the answer. The producer closes the connection it went out on first, so it
     # never lands: sent again, each job is queued once; not sent again (no retries,
-    # one transaction), the push raises and nothing is queued.
+    # or none on a timeout; one transaction), the push raises and nothing is queued.
     proxy = LossyProxy(redis_server.port)
     many = 2 * PUSH_BATCH + 500 if how in ("sliced", "asliced") else 2
     args = [(i, 1) for i in range(many)]
@@ -1063,14 +1072,14 @@ def test_a_push_held_up_past_its_timeout_is_queued_once_even_if_it_lands_later(
             return [tasks.add.push(1, 2)]
         if how in ("push_many", "sliced"):
             return tasks.add.push_many(args)
-        return asyncio.run(apushed(app, retries, None if how == "apush" else args))
+        return asyncio.run(apushed(app, retries, None if how == "apush" else args, errors))
 
     try:
         with tasks_app_at(f"{proxy.url}?socket_timeout=0.5") as app:
-            with_retries(app.broker.client, retries)
+            with_retries(app.broker.client, retries, errors=errors)
             before = tasks.add.push(0, 0)  # the queue named: the push is one transaction
             proxy.hold(b"EXEC")
-            raises = retries == 0 and how not in ("sliced", "asliced")
+            raises = (retries == 0 or bool(errors)) and how not in ("sliced", "asliced")
             if raises:
                 with pytest.raises(redis.TimeoutError):
                     push()
