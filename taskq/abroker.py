@@ -28,6 +28,7 @@ from .broker import (
     queue_status,
     raw_command,
     raw_commands,
+    refused_for_good,
     reply_errors,
     text,
     wrong_type,
@@ -253,7 +254,9 @@ async def _client_of(conn: Any) -> Client | None:
     await conn.send_packed_command(pack(conn, [("CLIENT", "INFO")]), check_health=False)
     try:
         found = client_described(await conn.read_response())
-    except redis.ResponseError:
+    except redis.ResponseError as exc:
+        if not refused_for_good(exc):
+            return None  # asked again next time
         found = None
     conn._taskq_client = (conn._writer, found)
     return found

@@ -257,16 +257,28 @@ def client_described(reply: Any) -> Client | None:
     return None if client[1].endswith(":0") else client
 
 
+def refused_for_good(reply: Any) -> bool:
+    """Whether ``reply`` (an error, or not) refuses a command for as long as the
+    connection lives: an ACL's NOPERM, or a Redis without the command. Not one that
+    refuses it for now (BUSY, LOADING, ...)."""
+    if not isinstance(reply, redis.ResponseError):
+        return False
+    return isinstance(reply, redis.exceptions.NoPermissionError) or "unknown" in str(reply).lower()
+
+
 def client_of(conn: Any, token: Any) -> Client | None:
     """``conn``'s present connection as Redis knows it (``token`` is its socket),
-    asked once a connection; None where Redis will not say. See :class:`Landed`."""
+    asked once a connection; None where Redis will not say (asked again next time
+    where it only will not say for now). See :class:`Landed`."""
     known = getattr(conn, "_taskq_client", None)
     if known is not None and known[0] is token:
         cached: Client | None = known[1]
         return cached
     conn.send_packed_command(pack(conn, [("CLIENT", "INFO")]), check_health=False)
-    found = client_described(read_replies(conn, 1)[0])
-    conn._taskq_client = (token, found)
+    reply = read_replies(conn, 1)[0]
+    found = client_described(reply)
+    if not isinstance(reply, redis.ResponseError) or refused_for_good(reply):
+        conn._taskq_client = (token, found)
     return found
 
 

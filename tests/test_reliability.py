@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import signal
@@ -13,13 +14,23 @@ from typing import Any, cast
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
 import taskq
 from taskq import App, Worker, scripts
-from taskq.broker import PUSH_BATCH, Broker, Landed, client_described, client_of, landed
+from taskq.abroker import _client_of
+from taskq.broker import (
+    PUSH_BATCH,
+    Broker,
+    Client,
+    Landed,
+    client_described,
+    client_of,
+    landed,
+)
 from taskq.keys import Keys
 from taskq.payload import Payload
 from taskq.worker import runner
@@ -36,7 +47,7 @@ from .helpers import (
     wait_event,
     worker_thread,
 )
-from .redis_server import RedisServer
+from .redis_server import RedisServer, running, wait_until
 
 KEYS = Keys()
 FAST = ["--heartbeat-timeout", "1"]
@@ -1112,6 +1123,54 @@ def test_a_connection_over_a_unix_socket_is_never_fenced(redis_server: RedisServ
         finally:
             client.connection_pool.release(conn)
             client.close()
+
+
+# Busy until SCRIPT KILL (or 30 s): Redis answers BUSY to every other command meanwhile.
+BUSY_SCRIPT = """
+local start = tonumber(redis.call('TIME')[1])
+while tonumber(redis.call('TIME')[1]) - start < 30 do end
+"""
+
+
+def busy(client: redis.Redis) -> bool:
+    """Whether Redis answers BUSY (a script is running long)."""
+    try:
+        client.ping()
+    except redis.ResponseError as exc:
+        return "BUSY" in str(exc)
+    return False
+
+
+def test_a_connection_redis_would_not_describe_for_now_is_asked_again() -> None:
+    # A refusal for now (BUSY: a script running long) is not one for good (an ACL's
+    # NOPERM): the next push on the connection asks again, and can be fenced.
+    def run_script(url: str) -> None:
+        with contextlib.suppress(redis.ResponseError):  # killed
+            redis.Redis.from_url(url).eval(BUSY_SCRIPT, 0)
+
+    async def described(server: RedisServer) -> list[Client | None]:
+        client, aclient = redis.Redis.from_url(server.url), aioredis.Redis.from_url(server.url)
+        conn = client.connection_pool.get_connection()
+        aconn = await cast(Any, aclient.connection_pool).get_connection()
+        script = threading.Thread(target=run_script, args=(server.url,), daemon=True)
+        try:
+            script.start()
+            wait_until(server.port, busy, "busy")
+            found = [client_of(conn, conn._sock), await _client_of(aconn)]
+            cast(Any, client).execute_command("SCRIPT", "KILL")
+            script.join(10)
+            return [*found, client_of(conn, conn._sock), await _client_of(aconn)]
+        finally:
+            client.connection_pool.release(conn)
+            client.close()
+            await aclient.connection_pool.release(aconn)
+            await aclient.aclose()
+
+    with running(RedisServer()) as server:
+        redis.Redis.from_url(server.url).config_set("busy-reply-threshold", 10)
+        found = asyncio.run(described(server))
+    assert found[:2] == [None, None]
+    assert None not in found[2:]
 
 
 def test_the_fence_of_a_lost_push_closes_only_the_connection_it_went_out_on(
