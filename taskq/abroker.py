@@ -28,7 +28,7 @@ from .broker import (
     queue_status,
     raw_command,
     raw_commands,
-    refused_for_good,
+    refused_for_now,
     reply_errors,
     text,
     wrong_type,
@@ -255,7 +255,7 @@ async def _client_of(conn: Any) -> Client | None:
     try:
         found = client_described(await conn.read_response())
     except redis.ResponseError as exc:
-        if not refused_for_good(exc):
+        if refused_for_now(exc):
             return None  # asked again next time
         found = None
     conn._taskq_client = (conn._writer, found)

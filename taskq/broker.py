@@ -257,13 +257,15 @@ def client_described(reply: Any) -> Client | None:
     return None if client[1].endswith(":0") else client
 
 
-def refused_for_good(reply: Any) -> bool:
-    """Whether ``reply`` (an error, or not) refuses a command for as long as the
-    connection lives: an ACL's NOPERM, or a Redis without the command. Not one that
-    refuses it for now (BUSY, LOADING, ...)."""
+def refused_for_now(reply: Any) -> bool:
+    """Whether ``reply`` is an error that refuses a command only for now (BUSY while a
+    script runs long; a cluster failing over), not for as long as the connection lives
+    (an ACL's NOPERM, a Redis or a proxy without the command)."""
     if not isinstance(reply, redis.ResponseError):
         return False
-    return isinstance(reply, redis.exceptions.NoPermissionError) or "unknown" in str(reply).lower()
+    if isinstance(reply, (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)):
+        return True
+    return str(reply).startswith(("BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"))
 
 
 def client_of(conn: Any, token: Any) -> Client | None:
@@ -277,7 +279,7 @@ def client_of(conn: Any, token: Any) -> Client | None:
     conn.send_packed_command(pack(conn, [("CLIENT", "INFO")]), check_health=False)
     reply = read_replies(conn, 1)[0]
     found = client_described(reply)
-    if not isinstance(reply, redis.ResponseError) or refused_for_good(reply):
+    if not refused_for_now(reply):
         conn._taskq_client = (token, found)
     return found
 

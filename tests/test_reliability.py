@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis._parsers import BaseParser
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
@@ -30,6 +31,7 @@ from taskq.broker import (
     client_described,
     client_of,
     landed,
+    refused_for_now,
 )
 from taskq.keys import Keys
 from taskq.payload import Payload
@@ -1125,10 +1127,10 @@ def test_a_connection_over_a_unix_socket_is_never_fenced(redis_server: RedisServ
             client.close()
 
 
-# Busy until SCRIPT KILL (or 30 s): Redis answers BUSY to every other command meanwhile.
+# Busy until SCRIPT KILL (or 10 s): Redis answers BUSY to every other command meanwhile.
 BUSY_SCRIPT = """
 local start = tonumber(redis.call('TIME')[1])
-while tonumber(redis.call('TIME')[1]) - start < 30 do end
+while tonumber(redis.call('TIME')[1]) - start < 10 do end
 """
 
 
@@ -1145,8 +1147,8 @@ def test_a_connection_redis_would_not_describe_for_now_is_asked_again() -> None:
     # A refusal for now (BUSY: a script running long) is not one for good (an ACL's
     # NOPERM): the next push on the connection asks again, and can be fenced.
     def run_script(url: str) -> None:
-        with contextlib.suppress(redis.ResponseError):  # killed
-            redis.Redis.from_url(url).eval(BUSY_SCRIPT, 0)
+        with redis.Redis.from_url(url) as c, contextlib.suppress(redis.ResponseError):
+            c.eval(BUSY_SCRIPT, 0)  # killed
 
     async def described(server: RedisServer) -> list[Client | None]:
         client, aclient = redis.Redis.from_url(server.url), aioredis.Redis.from_url(server.url)
@@ -1159,18 +1161,42 @@ def test_a_connection_redis_would_not_describe_for_now_is_asked_again() -> None:
             found = [client_of(conn, conn._sock), await _client_of(aconn)]
             cast(Any, client).execute_command("SCRIPT", "KILL")
             script.join(10)
+            assert not script.is_alive()
             return [*found, client_of(conn, conn._sock), await _client_of(aconn)]
         finally:
+            with contextlib.suppress(redis.ResponseError):  # not busy (any more)
+                cast(Any, client).execute_command("SCRIPT", "KILL")
+            script.join(10)
             client.connection_pool.release(conn)
             client.close()
             await aclient.connection_pool.release(aconn)
             await aclient.aclose()
 
     with running(RedisServer()) as server:
-        redis.Redis.from_url(server.url).config_set("busy-reply-threshold", 10)
+        with redis.Redis.from_url(server.url) as admin:
+            admin.config_set("lua-time-limit", 10)  # busy-reply-threshold, before Redis 7
         found = asyncio.run(described(server))
     assert found[:2] == [None, None]
     assert None not in found[2:]
+
+
+@pytest.mark.parametrize(
+    ("error", "for_now"),
+    [
+        ("NOPERM User taskq has no permissions to run the 'client|info' command", False),
+        ("ERR unknown subcommand 'INFO'. Try CLIENT HELP.", False),
+        ("ERR unknown command 'CLIENT', with args beginning with: 'INFO' ", False),
+        ("ERR unsupported command 'client'", False),  # a proxy
+        ("BUSY Redis is busy running a script. You can only call SCRIPT KILL", True),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+        ("CLUSTERDOWN The cluster is down", True),
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+    ],
+)
+def test_only_a_refusal_for_now_of_client_info_is_asked_again(error: str, for_now: bool) -> None:
+    # Asked again on every push, a refusal for good would cost each a round trip.
+    reply = cast(Any, BaseParser).parse_error(error)  # as redis-py's parsers turn an error reply
+    assert refused_for_now(reply) is for_now
 
 
 def test_the_fence_of_a_lost_push_closes_only_the_connection_it_went_out_on(
