@@ -179,7 +179,7 @@ class AsyncBroker:
                     return
             for start in range(0, len(jobs), PUSH_BATCH):
                 chunk = jobs[start : start + PUSH_BATCH]
-                w = self.writes.push(queue, chunk, due)
+                w = self.writes.push(queue, chunk, due, once=self.cluster)
                 if not self._raw:
                     await self.apply(w)
                     continue

@@ -654,7 +654,7 @@ class Broker:
                     self._transact(commands, Landed(self.keys, queue, None, jobs[0][0]))
                     return
             if len(jobs) <= PUSH_BATCH:
-                w = self.writes.push(queue, jobs, due)
+                w = self.writes.push(queue, jobs, due, once=self.cluster)
                 if self._raw:  # one transaction: the first job's record tells
                     check = Landed(self.keys, queue, due, jobs[0][0], lost)
                     self._write([w], retry=True, check=check)
@@ -663,7 +663,8 @@ class Broker:
                 return
             parts = [jobs[start : start + PUSH_BATCH] for start in range(0, len(jobs), PUSH_BATCH)]
             try:  # in slices, each sent as soon as it is built
-                self._apply_streamed((self.writes.push(queue, part, due) for part in parts), lost)
+                slices = (self.writes.push(queue, part, due, once=self.cluster) for part in parts)
+                self._apply_streamed(slices, lost)
             except (redis.ConnectionError, redis.TimeoutError):
                 if not self._raw:
                     raise

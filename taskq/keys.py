@@ -16,6 +16,9 @@ key                            type    holds / lifetime
                                        fetch whose reply was lost is sent again); a day
 ``taskq:{Q}:delayed``          zset    raw job -> time it is due (delayed pushes and
                                        retries waiting for their backoff)
+``taskq:{Q}:pushed:P``         string  on a Redis Cluster only: push P queued its jobs
+                                       (its client may send it again, having lost
+                                       the reply: then it queues nothing); a minute
 ``taskq:{Q}:workers``          zset    W -> time of W's last heartbeat; a W older than
                                        the heartbeat timeout is dead, its jobs recovered
 ``taskq:{Q}:stalls``           hash    ID -> times the job's worker died under it;
@@ -65,6 +68,9 @@ class Keys:
 
     def delayed(self, q: str) -> str:
         return f"{self.prefix}:{{{q}}}:delayed"
+
+    def pushed(self, q: str, push: str) -> str:
+        return f"{self.prefix}:{{{q}}}:pushed:{push}"
 
     def push_target(self, q: str, due: float | None) -> tuple[str, str]:
         """Where a push puts its jobs, and that key's type: the queue, or the delayed

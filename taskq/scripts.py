@@ -420,6 +420,22 @@ return n
 """
 )
 
+# KEYS: queue, the push's mark. ARGV: seconds the mark lasts, raw jobs. How a push
+# queues its jobs on a Redis Cluster, whose client sends a command again when its
+# reply is lost: the mark, in the queue's slot, makes the second run queue nothing.
+# (A delayed push needs none: a ZADD sent twice adds its jobs once.) Returns how many
+# jobs it queued (0: sent again).
+PUSH_ONCE = (
+    _EXPECT
+    + """
+local bad = wrong(KEYS[1], 'list')
+if bad then return redis.error_reply(bad) end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+return #ARGV - 1
+"""
+)
+
 # KEYS: unique key, queue (or delayed set). ARGV: job id, raw job, due time or "".
 # Pushes the job unless another job holds the key; returns the id of the job that
 # holds it now (this one if it was pushed). Two producers racing make one job.

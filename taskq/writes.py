@@ -264,6 +264,12 @@ class Outcome:
 #: set, and every worker adds its queues at each heartbeat; this only puts a name
 #: back within a minute if the set was deleted by hand.
 REGISTER_EVERY = 60.0
+#: How long a push's mark (``taskq:{Q}:pushed:P``, a Redis Cluster's pushes only) lasts,
+#: seconds: longer than a client goes on sending a command again after a lost reply
+#: (redis-py 8's cluster client: ten more tries, backing off up to a second each, as
+#: long as no try hangs for seconds), or than a push sent late takes to arrive. A
+#: mark costs Redis about 150 bytes for that long, a push (not a job).
+PUSH_MARK_TTL = 60
 
 
 class WriteBuilder:
@@ -281,9 +287,15 @@ class WriteBuilder:
         self._registered: dict[str, float] = {}  # queue -> when to add its name again
 
     def push(
-        self, queue: str, jobs: Sequence[tuple[Payload, bytes]], due: float | None = None
+        self,
+        queue: str,
+        jobs: Sequence[tuple[Payload, bytes]],
+        due: float | None = None,
+        once: bool = False,
     ) -> Writes:
-        """Jobs onto ``queue``, or into its delayed set until ``due`` (epoch seconds)."""
+        """Jobs onto ``queue``, or into its delayed set until ``due`` (epoch seconds).
+        ``once`` (a Redis Cluster's client): queued by a script that does it once
+        however often it is sent (scripts.PUSH_ONCE), not by a bare LPUSH."""
         w = Writes()
         k = self.keys
         for payload, _ in jobs:
@@ -292,7 +304,10 @@ class WriteBuilder:
                 fields["due_at"] = repr(due)
             w.records.append(hset(k.job(payload.id), fields))
         raws = tuple(raw for _, raw in jobs)
-        if due is None:
+        if once and due is None:
+            mark = k.pushed(queue, new_id())
+            w.scripts.append((scripts.PUSH_ONCE, [k.queue(queue), mark], [PUSH_MARK_TTL, *raws]))
+        elif due is None:
             w.queue.append(("LPUSH", k.queue(queue), raws))
         else:
             w.queue.append(("ZADD", k.delayed(queue), tuple(x for r in raws for x in (due, r))))

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 import taskq
 from taskq import App
+from taskq.abroker import AsyncBroker
+from taskq.broker import Broker
 from taskq.keys import Keys
+from taskq.payload import Payload
+from taskq.writes import PUSH_MARK_TTL
 
 from . import tasks
-from .helpers import start_worker, tasks_app_at, wait_event, worker_thread
+from .helpers import LossyProxy, start_worker, tasks_app_at, wait_event, worker_thread
 from .redis_server import RedisCluster, running
 
 KEYS = Keys()
@@ -119,3 +126,58 @@ def test_dead_letters_can_be_retried_on_a_cluster(capp: App) -> None:
     payload, _ = taskq.payload.decode(json.loads(json.dumps(entry))["payload"].encode())
     assert capp.broker.revive("default", entry["id"], payload) == ""
     assert job.status() == "queued"
+
+
+@pytest.mark.parametrize("due", [False, True], ids=["queued", "delayed"])
+@pytest.mark.parametrize("jobs", [1, 3])
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_push_whose_reply_is_lost_is_queued_once(
+    cluster: RedisCluster, rc: redis.RedisCluster, side: str, jobs: int, due: bool
+) -> None:
+    # redis-py's cluster client sends a command again when its connection drops
+    # before the reply: a bare LPUSH sent twice queued every job twice.
+    cluster.flush()
+    q = "default"
+    client_of_tests: Any = rc  # redis-py's cluster client is partly untyped
+    node = client_of_tests.get_node_from_key(KEYS.queue(q))
+    proxy = LossyProxy(node.port)  # stands between the client and the queue's node
+
+    def remap(address: tuple[str, int]) -> tuple[str, int]:
+        return ("127.0.0.1", proxy.port) if address[1] == node.port else address
+
+    payloads = [Payload("add", [i, i], recorded=True) for i in range(jobs)]  # as pushed
+    pushed = [(p, p.encode()) for p in payloads]
+    when = 4102444800.0 if due else None  # 2100: never due in this test
+    # Only the jobs themselves carry this: their records and the queue's name do not.
+    proxy.lose_reply_to(b'"recorded":true')
+    try:
+        if side == "sync":
+            client: Any = redis.RedisCluster(
+                host="127.0.0.1", port=cluster.ports[0], address_remap=remap
+            )
+            try:
+                Broker(client).push(q, pushed, when)
+            finally:
+                client.close()
+        else:
+
+            async def apush() -> None:
+                aclient: Any = aioredis.RedisCluster(
+                    host="127.0.0.1", port=cluster.ports[0], address_remap=remap
+                )
+                try:
+                    await AsyncBroker(aclient).push(q, pushed, when)
+                finally:
+                    await aclient.aclose()
+
+            asyncio.run(apush())
+    finally:
+        proxy.close()
+    assert proxy.lost.is_set()
+    target = KEYS.delayed(q) if due else KEYS.queue(q)
+    queued = client_of_tests.execute_command("ZRANGE" if due else "LRANGE", target, 0, -1)
+    ids = [json.loads(raw)["id"] for raw in queued]
+    assert sorted(ids) == sorted(p.id for p in payloads)
+    marks = [k for k in rc.scan_iter(match=f"taskq:{{{q}}}:pushed:*", target_nodes="all")]
+    assert len(marks) == (0 if due else 1)  # a ZADD sent twice adds a job once
+    assert all(0 < rc.ttl(mark) <= PUSH_MARK_TTL for mark in marks)
