@@ -452,7 +452,10 @@ class Worker:
         taken in one round trip, each job then a task of its own on the loop."""
         assert self._loop is not None
         assert self._runner is not None
-        if any(_RETRIED in raw for raw in raws):
+        # One search of the whole batch: `bytes in bytes` a job first tries its
+        # argument as an int, and raises and catches a TypeError (~1.8k instructions
+        # a job). A newline cannot join two jobs' bytes into the mark.
+        if _RETRIED in b"\n".join(raws):
             # A job run again (a retry): an abort asked while its last run ended may
             # wait in Redis, unread by this worker yet. Read first, so the runner has
             # it before the job starts (both go through the loop, in order).
