@@ -181,3 +181,15 @@ def test_a_push_whose_reply_is_lost_is_queued_once(
     marks = [k for k in rc.scan_iter(match=f"taskq:{{{q}}}:pushed:*", target_nodes="all")]
     assert len(marks) == (0 if due else 1)  # a ZADD sent twice adds a job once
     assert all(0 < rc.ttl(mark) <= PUSH_MARK_TTL for mark in marks)
+
+
+def test_a_push_refused_for_its_queues_type_raises_and_keeps_no_record(
+    capp: App, rc: redis.RedisCluster
+) -> None:
+    rc.set(KEYS.queue("default"), "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        tasks.add.push(1, 2)
+    assert rc.get(KEYS.queue("default")) == b"not a list"
+    client: Any = rc
+    assert not list(client.scan_iter(match="taskq:job:*", target_nodes="all"))
+    assert not list(client.scan_iter(match="taskq:{default}:pushed:*", target_nodes="all"))
