@@ -424,7 +424,8 @@ return n
 # queues its jobs on a Redis Cluster, whose client sends a command again when its
 # reply is lost: the mark, in the queue's slot, makes the second run queue nothing.
 # (A delayed push needs none: a ZADD sent twice adds its jobs once.) Returns how many
-# jobs it queued (0: sent again).
+# jobs it queued (0: sent again). Lua's unpack takes up to ~8,000 values: pushes come
+# in slices of PUSH_BATCH (2,000) jobs.
 PUSH_ONCE = (
     _EXPECT
     + """

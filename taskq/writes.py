@@ -265,11 +265,12 @@ class Outcome:
 #: back within a minute if the set was deleted by hand.
 REGISTER_EVERY = 60.0
 #: How long a push's mark (``taskq:{Q}:pushed:P``, a Redis Cluster's pushes only) lasts,
-#: seconds: longer than a client goes on sending a command again after a lost reply
-#: (redis-py 8's cluster client: ten more tries, backing off up to a second each, as
-#: long as no try hangs for seconds), or than a push sent late takes to arrive. A
-#: mark costs Redis about 150 bytes for that long, a push (not a job).
-PUSH_MARK_TTL = 60
+#: seconds: longer than a client goes on sending a command again after a lost reply.
+#: redis-py 8's cluster client makes ten more tries, backing off up to a second each:
+#: two minutes cover them unless each try hangs for over ten seconds (set
+#: ``socket_timeout`` in the URL to bound them). A later try would queue the jobs
+#: again. A mark costs Redis about 150 bytes for that long, a push (not a job).
+PUSH_MARK_TTL = 120
 
 
 class WriteBuilder:

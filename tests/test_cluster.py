@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as aioredis
 
 import taskq
-from taskq import App
+from taskq import App, scripts
 from taskq.abroker import AsyncBroker
 from taskq.broker import Broker
 from taskq.keys import Keys
@@ -148,6 +148,9 @@ def test_a_push_whose_reply_is_lost_is_queued_once(
     payloads = [Payload("add", [i, i], recorded=True) for i in range(jobs)]  # as pushed
     pushed = [(p, p.encode()) for p in payloads]
     when = 4102444800.0 if due else None  # 2100: never due in this test
+    # The script is known to the node: else the try whose reply is lost would be an
+    # EVALSHA refused with NOSCRIPT, which runs nothing.
+    client_of_tests.script_load(scripts.PUSH_ONCE)
     # Only the jobs themselves carry this: their records and the queue's name do not.
     proxy.lose_reply_to(b'"recorded":true')
     try:
