@@ -18,7 +18,8 @@ key                            type    holds / lifetime
                                        retries waiting for their backoff)
 ``taskq:{Q}:pushed:P``         string  on a Redis Cluster only: push P queued its jobs
                                        (its client may send it again, having lost
-                                       the reply: then it queues nothing); a minute
+                                       the reply: then it queues nothing); two
+                                       minutes
 ``taskq:{Q}:workers``          zset    W -> time of W's last heartbeat; a W older than
                                        the heartbeat timeout is dead, its jobs recovered
 ``taskq:{Q}:stalls``           hash    ID -> times the job's worker died under it;
